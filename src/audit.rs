@@ -1,0 +1,397 @@
+//! Audit events: the `EventList` body split into items, each kept as its original bytes.
+//!
+//! Only the few fields the relay needs are read ([`EventView`]); everything else in an event
+//! is carried as raw JSON, so unknown and future fields pass through untouched and no event
+//! is re-serialised on the hot path.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Why a request body is not an acceptable `EventList`. The message is sent back as the
+/// one-line body of the 400 answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuditError {
+    /// Not JSON, or not an object with an `items` array.
+    #[error("body is not an EventList: {0}")]
+    NotEventList(String),
+    /// `kind` is present and is not `EventList`.
+    #[error("body is not an EventList: kind is `{0}`")]
+    WrongKind(String),
+    /// One item cannot be relayed.
+    #[error("item {index}: {reason}")]
+    BadItem {
+        /// Zero-based index in `items`.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// An `audit.k8s.io/v1` `EventList` as the apiserver's webhook backend posts it, with its
+/// items left unparsed.
+#[derive(Debug, Deserialize)]
+pub struct EventList<'a> {
+    /// `EventList` when present.
+    #[serde(default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    /// The events, as the exact bytes the apiserver sent.
+    #[serde(borrow)]
+    pub items: Vec<&'a RawValue>,
+}
+
+impl<'a> EventList<'a> {
+    /// Parses a request body. Trailing whitespace (the apiserver sends a final newline) is
+    /// accepted; `items` is required and must be an array.
+    ///
+    /// # Errors
+    /// [`AuditError::NotEventList`] or [`AuditError::WrongKind`].
+    pub fn parse(body: &'a [u8]) -> Result<Self, AuditError> {
+        let list: EventList<'a> =
+            serde_json::from_slice(body).map_err(|e| AuditError::NotEventList(e.to_string()))?;
+        match list.kind.as_deref() {
+            None | Some("EventList") => Ok(list),
+            Some(other) => Err(AuditError::WrongKind(truncate_for_log(other))),
+        }
+    }
+}
+
+/// The fields of one audit event that rendering and routing use.
+#[derive(Debug, Deserialize)]
+pub struct EventView<'a> {
+    /// `auditID` (required).
+    #[serde(rename = "auditID", borrow)]
+    pub audit_id: Cow<'a, str>,
+    /// `stage` (required).
+    #[serde(borrow)]
+    pub stage: Cow<'a, str>,
+    /// `kind`, when the item carries it (list items normally do not).
+    #[serde(default, borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    /// `apiVersion`, when the item carries it.
+    #[serde(default, rename = "apiVersion", borrow)]
+    pub api_version: Option<Cow<'a, str>>,
+    /// `verb`.
+    #[serde(default, borrow)]
+    pub verb: Option<Cow<'a, str>>,
+    /// `user.username`.
+    #[serde(default, borrow)]
+    pub user: Option<UserView<'a>>,
+    /// `responseStatus.code`.
+    #[serde(default, rename = "responseStatus")]
+    pub response_status: Option<StatusView>,
+    /// `stageTimestamp`.
+    #[serde(default, rename = "stageTimestamp", borrow)]
+    pub stage_timestamp: Option<Cow<'a, str>>,
+    /// `requestReceivedTimestamp`.
+    #[serde(default, rename = "requestReceivedTimestamp", borrow)]
+    pub request_received_timestamp: Option<Cow<'a, str>>,
+    /// `timestamp` (audit.k8s.io/v1beta1).
+    #[serde(default, borrow)]
+    pub timestamp: Option<Cow<'a, str>>,
+}
+
+/// `user` of an event.
+#[derive(Debug, Deserialize)]
+pub struct UserView<'a> {
+    /// `username`; empty for unauthenticated requests.
+    #[serde(default, borrow)]
+    pub username: Option<Cow<'a, str>>,
+}
+
+/// `responseStatus` of an event.
+#[derive(Debug, Deserialize)]
+pub struct StatusView {
+    /// HTTP status code the apiserver answered.
+    #[serde(default)]
+    pub code: Option<i64>,
+}
+
+impl<'a> EventView<'a> {
+    /// Reads the fields of item `index`.
+    ///
+    /// # Errors
+    /// [`AuditError::BadItem`] when the item is not an object or lacks `auditID`/`stage`.
+    pub fn parse(index: usize, item: &'a RawValue) -> Result<Self, AuditError> {
+        let view: EventView<'a> =
+            serde_json::from_str(item.get()).map_err(|e| AuditError::BadItem {
+                index,
+                reason: e.to_string(),
+            })?;
+        if view.audit_id.is_empty() {
+            return Err(AuditError::BadItem {
+                index,
+                reason: "empty auditID".into(),
+            });
+        }
+        if view.stage.is_empty() {
+            return Err(AuditError::BadItem {
+                index,
+                reason: "empty stage".into(),
+            });
+        }
+        Ok(view)
+    }
+
+    /// `user.username`, empty when absent.
+    pub fn username(&self) -> &str {
+        self.user
+            .as_ref()
+            .and_then(|u| u.username.as_deref())
+            .unwrap_or("")
+    }
+
+    /// `responseStatus.code`, when present.
+    pub fn code(&self) -> Option<i64> {
+        self.response_status.as_ref().and_then(|s| s.code)
+    }
+}
+
+/// Appends `item` to `out` as one compact JSON line in the shape of the apiserver's own
+/// audit log: `"kind":"Event","apiVersion":"audit.k8s.io/v1"` first when the item lacks them,
+/// whitespace outside strings removed (a no-op for the compact JSON the apiserver sends), every
+/// other byte as received.
+pub fn write_event_line(out: &mut Vec<u8>, item: &str, view: &EventView<'_>) {
+    let body = item.trim();
+    // An item is an object (EventView::parse succeeded), so it starts with `{`.
+    let inner = body.strip_prefix('{').unwrap_or(body);
+    out.push(b'{');
+    let mut prefixed = false;
+    if view.kind.is_none() {
+        out.extend_from_slice(br#""kind":"Event""#);
+        prefixed = true;
+    }
+    if view.api_version.is_none() {
+        if prefixed {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""apiVersion":"audit.k8s.io/v1""#);
+        prefixed = true;
+    }
+    if prefixed && !inner.trim_start().starts_with('}') {
+        out.push(b',');
+    }
+    write_compact(out, inner);
+}
+
+/// Copies JSON text into `out` without the insignificant whitespace outside strings.
+pub fn write_compact(out: &mut Vec<u8>, json: &str) {
+    let bytes = json.as_bytes();
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    out.reserve(bytes.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b' ' | b'\n' | b'\r' | b'\t' => {}
+                b'"' => {
+                    in_string = true;
+                    out.push(b);
+                }
+                _ => out.push(b),
+            }
+        }
+    }
+}
+
+/// An object's members in their original order, values left raw.
+struct OrderedObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for OrderedObject<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = OrderedObject<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(OrderedObject(members))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+            .map_err(de::Error::custom)
+    }
+}
+
+/// The annotation the apiserver adds when it truncates an event.
+pub const TRUNCATED_ANNOTATION: &str = "audit.k8s.io/truncated";
+
+/// Applies the apiserver's own truncation rule (`--audit-webhook-truncate-enabled`): drops
+/// `requestObject` and `responseObject` and sets annotation `audit.k8s.io/truncated: "true"`.
+/// Key order is kept. Returns `None` when the item cannot be read as an object (it then
+/// cannot be shortened either).
+pub fn truncate_event(item: &str) -> Option<String> {
+    let object: OrderedObject<'_> = serde_json::from_str(item).ok()?;
+    let mut out = String::with_capacity(item.len().min(4096));
+    out.push('{');
+    let mut first = true;
+    let mut annotated = false;
+    let push_key = |out: &mut String, first: &mut bool, key: &str| {
+        if !*first {
+            out.push(',');
+        }
+        *first = false;
+        out.push_str(&serde_json::to_string(key).unwrap_or_default());
+        out.push(':');
+    };
+    for (key, value) in &object.0 {
+        match key.as_ref() {
+            "requestObject" | "responseObject" => continue,
+            "annotations" => {
+                push_key(&mut out, &mut first, key);
+                let annotations: Option<OrderedObject<'_>> = serde_json::from_str(value.get()).ok();
+                out.push('{');
+                let mut first_annotation = true;
+                for (k, v) in annotations.iter().flat_map(|a| a.0.iter()) {
+                    if k == TRUNCATED_ANNOTATION {
+                        continue;
+                    }
+                    push_key(&mut out, &mut first_annotation, k);
+                    write_compact_string(&mut out, v.get());
+                }
+                push_key(&mut out, &mut first_annotation, TRUNCATED_ANNOTATION);
+                out.push_str("\"true\"}");
+                annotated = true;
+            }
+            _ => {
+                push_key(&mut out, &mut first, key);
+                write_compact_string(&mut out, value.get());
+            }
+        }
+    }
+    if !annotated {
+        push_key(&mut out, &mut first, "annotations");
+        out.push_str("{\"");
+        out.push_str(TRUNCATED_ANNOTATION);
+        out.push_str("\":\"true\"}");
+    }
+    out.push('}');
+    Some(out)
+}
+
+fn write_compact_string(out: &mut String, json: &str) {
+    let mut buf = Vec::with_capacity(json.len());
+    write_compact(&mut buf, json);
+    // Compacting only removes ASCII whitespace outside strings, so the bytes stay UTF-8.
+    out.push_str(&String::from_utf8_lossy(&buf));
+}
+
+fn truncate_for_log(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_items_and_keeps_bytes() {
+        let body = br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[{"auditID":"a","stage":"ResponseComplete","verb":"get"},{"auditID":"b","stage":"RequestReceived"}]}
+"#;
+        let list = EventList::parse(body).unwrap();
+        assert_eq!(list.items.len(), 2);
+        assert_eq!(
+            list.items[0].get(),
+            r#"{"auditID":"a","stage":"ResponseComplete","verb":"get"}"#
+        );
+    }
+
+    #[test]
+    fn rejects_non_lists() {
+        assert!(matches!(
+            EventList::parse(b"{}"),
+            Err(AuditError::NotEventList(_))
+        ));
+        assert!(matches!(
+            EventList::parse(b"[1]"),
+            Err(AuditError::NotEventList(_))
+        ));
+        assert!(matches!(
+            EventList::parse(br#"{"kind":"Event","items":[]}"#),
+            Err(AuditError::WrongKind(_))
+        ));
+        assert!(matches!(
+            EventList::parse(br#"{"items":{}}"#),
+            Err(AuditError::NotEventList(_))
+        ));
+    }
+
+    #[test]
+    fn event_line_prefixes_kind() {
+        let raw: &RawValue = serde_json::from_str(r#"{ "auditID": "a b", "stage":"X" }"#).unwrap();
+        let view = EventView::parse(0, raw).unwrap();
+        let mut out = Vec::new();
+        write_event_line(&mut out, raw.get(), &view);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"a b","stage":"X"}"#
+        );
+    }
+
+    #[test]
+    fn event_line_keeps_existing_kind() {
+        let raw: &RawValue =
+            serde_json::from_str(r#"{"kind":"Event","auditID":"a","stage":"X"}"#).unwrap();
+        let view = EventView::parse(0, raw).unwrap();
+        let mut out = Vec::new();
+        write_event_line(&mut out, raw.get(), &view);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"apiVersion":"audit.k8s.io/v1","kind":"Event","auditID":"a","stage":"X"}"#
+        );
+    }
+
+    #[test]
+    fn item_errors() {
+        let raw: &RawValue = serde_json::from_str(r#"{"stage":"X"}"#).unwrap();
+        let err = EventView::parse(3, raw).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("item 3: missing field `auditID`"),
+            "{err}"
+        );
+        let raw: &RawValue = serde_json::from_str("7").unwrap();
+        assert!(EventView::parse(0, raw).is_err());
+    }
+
+    #[test]
+    fn truncation_rule() {
+        let item = r#"{"auditID":"a","requestObject":{"x":1},"stage":"S","responseObject":[1],"annotations":{"k":"v"}}"#;
+        assert_eq!(
+            truncate_event(item).unwrap(),
+            r#"{"auditID":"a","stage":"S","annotations":{"k":"v","audit.k8s.io/truncated":"true"}}"#
+        );
+        let item = r#"{"auditID":"a","requestObject":{"x":1}}"#;
+        let out = truncate_event(item).unwrap();
+        assert_eq!(
+            out,
+            r#"{"auditID":"a","annotations":{"audit.k8s.io/truncated":"true"}}"#
+        );
+        serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    }
+}

@@ -1,0 +1,143 @@
+//! kube-audit-relay: Kubernetes API-server audit webhook in, RFC 5424 syslog out.
+//!
+//! Data flow, one module per step:
+//!
+//! ```text
+//! apiserver ──HTTPS (mTLS)──▶ listener ─▶ tls ─▶ webhook: method/path/type/size checks
+//!    ─▶ audit: EventList split into raw items ─▶ dedupe (auditID, stage)
+//!    ─▶ syslog: RFC 5424 record ─▶ queue: durable append (group fsync) ─▶ 200
+//! queue ─▶ sender (one per destination, own cursor) ─▶ frame (octet | LF) ─▶ TCP / TLS / stdout
+//! ```
+//!
+//! [`run`] wires them together for one process; `main` only parses the command line, binds
+//! the listener and turns signals into the shutdown token.
+
+pub mod audit;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod dedupe;
+pub mod listener;
+pub mod queue;
+pub mod sender;
+pub mod syslog;
+pub mod tls;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::queue::Queue;
+use crate::sender::{Destination, StopSignals};
+use crate::syslog::Renderer;
+use crate::webhook::Webhook;
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Listener TLS settings are unusable.
+    #[error("listener TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The queue cannot be opened.
+    #[error("queue: {0}")]
+    Queue(#[from] queue::QueueError),
+    /// A destination cannot be set up.
+    #[error("{0}")]
+    Destination(#[from] sender::DestinationError),
+}
+
+/// The HOSTNAME written in every record: `cluster_name`, else this machine's host name.
+pub fn record_hostname(config: &Config) -> String {
+    config
+        .cluster_name
+        .clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+}
+
+/// Runs the relay on an already bound `listener` until `shutdown` is cancelled, then drains:
+/// stops accepting, lets in-flight requests finish, gives senders `shutdown.drain_timeout` to
+/// deliver what is queued, and closes the queue (cursors persisted).
+///
+/// # Errors
+/// [`RunError`] when TLS files, the queue or a destination cannot be set up; nothing is
+/// accepted in that case.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let renderer = Renderer::new(&config.syslog, &record_hostname(&config));
+    let tls = tls::server_config(&config.listen)?.map(TlsAcceptor::from);
+    let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
+    let queue = Queue::open(&config.queue, &names).await?;
+    let mut destinations = Vec::with_capacity(config.destinations.len());
+    for (index, d) in config.destinations.iter().enumerate() {
+        destinations.push(Destination::new(d, queue.reader(index))?);
+    }
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if tls.is_none() && !loopback {
+        tracing::warn!(address = %local, "plain HTTP on a non-loopback address: audit events travel in clear; set listen.tls_cert and listen.tls_key");
+    }
+    tracing::info!(
+        address = %local,
+        path = %config.listen.path,
+        tls = tls.is_some(),
+        client_auth = ?config.listen.effective_client_auth(),
+        queue = ?config.queue.kind,
+        destinations = ?config.destinations.iter().map(|d| format!("{}={}", d.name, d.url)).collect::<Vec<_>>(),
+        "webhook listener ready"
+    );
+
+    let signals = StopSignals {
+        drain: CancellationToken::new(),
+        stop: CancellationToken::new(),
+    };
+    let senders = TaskTracker::new();
+    for destination in destinations {
+        senders.spawn(destination.run(signals.clone()));
+    }
+    senders.close();
+
+    let webhook = Arc::new(Webhook::new(&config, renderer, queue.clone()));
+    let connections = TaskTracker::new();
+    listener::serve(
+        listener,
+        tls,
+        webhook,
+        (&config.listen).into(),
+        shutdown.clone(),
+        connections.clone(),
+    )
+    .await;
+
+    tracing::info!("shutting down: finishing in-flight requests");
+    connections.close();
+    let grace = config.listen.request_timeout + std::time::Duration::from_secs(1);
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some requests did not finish in time; their batches were not acknowledged");
+    }
+    tracing::info!(timeout = ?config.shutdown.drain_timeout, "draining destinations");
+    signals.drain.cancel();
+    if tokio::time::timeout(config.shutdown.drain_timeout, senders.wait())
+        .await
+        .is_err()
+    {
+        signals.stop.cancel();
+        senders.wait().await;
+    }
+    queue.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

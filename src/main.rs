@@ -1,0 +1,102 @@
+//! The `kube-audit-relay` binary: parses the command line, binds the listener, turns
+//! SIGTERM/SIGINT into the shutdown token and hands over to the library.
+
+use anyhow::Context;
+use clap::Parser;
+use kube_audit_relay::certs::{self, GenOptions, WebhookConfigFiles};
+use kube_audit_relay::cli::{Cli, Command, LogFormat};
+use kube_audit_relay::config::Config;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run { config } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::builtin_default(),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(run(config))
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!("{file}: OK\n{config:#?}", file = file.display());
+            Ok(())
+        }
+        Command::GenCerts { dir, test_extras } => {
+            certs::generate(&dir, GenOptions { test_extras })?;
+            eprintln!(
+                "wrote ca.crt, server.crt/key, client.crt/key to {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::WebhookConfig {
+            url,
+            ca,
+            client_cert,
+            client_key,
+        } => {
+            let files = WebhookConfigFiles {
+                ca: ca.as_deref(),
+                client_cert: client_cert.as_deref(),
+                client_key: client_key.as_deref(),
+            };
+            print!("{}", certs::webhook_kubeconfig(&url, &files)?);
+            Ok(())
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let address = config.listen.address;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (listen.address)"))?;
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop signal received");
+        signal_token.cancel();
+    });
+    kube_audit_relay::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

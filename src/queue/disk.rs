@@ -1,0 +1,924 @@
+//! The disk queue: append-only segment files with group-committed fsync.
+//!
+//! # On-disk format (version 1)
+//!
+//! `queue.data_dir` holds:
+//!
+//! * `NNNNNNNNNNNNNNNNNNNN.seg`: segment files, named by a 20-digit increasing id. Each starts
+//!   with a 16-byte header: `b"KARQ"`, format version `1` (u32 LE), and the sequence number of
+//!   its first record (u64 LE). Then records, each: payload length (u32 LE), CRC32C of the
+//!   payload (u32 LE), payload (the rendered RFC 5424 message).
+//! * `cursor-NAME`: one line `v1 SEGMENT OFFSET SEQ`: where destination NAME resumes. Written
+//!   to a temporary file, fsynced, renamed over the old one, directory fsynced.
+//! * `lock`: held with an exclusive file lock while a relay owns the directory.
+//!
+//! # Invariants
+//!
+//! * A batch is acknowledged only after the `fdatasync` that covers its last byte. Requests
+//!   that arrive while a sync runs are written and synced together (group commit), which is
+//!   what lets many concurrent requests share the cost of one fsync.
+//! * Readers never read past the durable end, so a sender never ships a record that a crash
+//!   could still take back.
+//! * A segment is deleted only when every destination has committed past it. Cursors are
+//!   persisted about once a second, so after a crash a destination may resume before a
+//!   deleted segment: it then resumes at the oldest segment (the deleted records were
+//!   delivered) and may repeat up to a second of records (at least once, never lost).
+//! * Start-up: a torn tail of the newest segment (short or bad-CRC record) is truncated and
+//!   logged. A bad record elsewhere is skipped by readers and logged, never a crash loop.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{Position, QueueError, QueueStats};
+use crate::config::QueueConfig;
+
+const MAGIC: &[u8; 4] = b"KARQ";
+const FORMAT_VERSION: u32 = 1;
+const SEGMENT_HEADER: u64 = 16;
+const RECORD_HEADER: u64 = 8;
+/// How often committed cursors are written to disk.
+const CURSOR_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Appends waiting for the writer at most; more wait in `append`.
+const WRITE_CHANNEL: usize = 1024;
+/// Readers see at most this many bytes per record; a larger length field is corruption.
+const MAX_RECORD: u64 = 1 << 30;
+
+type AppendRequest = (Vec<Bytes>, oneshot::Sender<Result<(), QueueError>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    first_seq: u64,
+    /// Bytes in the file (durable part for the active segment).
+    len: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    segments: BTreeMap<u64, Segment>,
+    /// Position after the last durable record.
+    durable: Position,
+    /// Committed position per destination.
+    committed: Vec<Position>,
+    /// Committed positions as last written to the cursor files.
+    persisted: Vec<Position>,
+    bytes: u64,
+    closed: bool,
+}
+
+impl State {
+    /// Deletes segments that every destination has left behind, except the active one.
+    fn release(&mut self, dir: &Path) {
+        let Some(lowest) = self.committed.iter().map(|p| p.segment).min() else {
+            return;
+        };
+        let removable: Vec<u64> = self
+            .segments
+            .range(..lowest)
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.durable.segment)
+            .collect();
+        for id in removable {
+            match fs::remove_file(segment_path(dir, id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = id, error = %e, "cannot delete delivered queue segment; will retry");
+                    return;
+                }
+            }
+            if let Some(seg) = self.segments.remove(&id) {
+                self.bytes = self.bytes.saturating_sub(seg.len);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    names: Vec<String>,
+    state: Mutex<State>,
+    appended: Notify,
+    skipped_records: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the cursor files whose committed position moved.
+    fn persist_cursors(&self) -> io::Result<()> {
+        let todo: Vec<(usize, Position)> = {
+            let s = self.lock();
+            s.committed
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| s.persisted.get(*i) != Some(p))
+                .map(|(i, p)| (i, *p))
+                .collect()
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        for (i, p) in &todo {
+            let name = &self.names[*i];
+            let tmp = self.dir.join(format!(".cursor-{name}.tmp"));
+            let mut f = File::create(&tmp)?;
+            writeln!(f, "v1 {} {} {}", p.segment, p.offset, p.seq)?;
+            f.sync_data()?;
+            fs::rename(&tmp, self.dir.join(format!("cursor-{name}")))?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        let mut s = self.lock();
+        for (i, p) in todo {
+            s.persisted[i] = p;
+        }
+        Ok(())
+    }
+}
+
+/// The durable queue.
+#[derive(Debug)]
+pub struct DiskQueue {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    cursor_task: tokio::task::JoinHandle<()>,
+    _lock: File,
+}
+
+impl DiskQueue {
+    /// Opens (creating if needed) the queue in `config.data_dir`, recovers it, and starts
+    /// the writer thread.
+    ///
+    /// # Errors
+    /// The directory cannot be created, locked or read.
+    pub async fn open(config: &QueueConfig, destinations: &[String]) -> Result<Self, QueueError> {
+        let dir = config.data_dir.clone();
+        let names = destinations.to_vec();
+        let config = config.clone();
+        let (shared, lock, active) = tokio::task::spawn_blocking(move || recover(&dir, &names))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))??;
+        let shared = Arc::new(shared);
+        let (tx, rx) = mpsc::channel(WRITE_CHANNEL);
+        let writer = Writer {
+            shared: shared.clone(),
+            file: active,
+            max_bytes: config.max_bytes.0,
+            segment_bytes: config.segment_bytes.0,
+            broken: None,
+        };
+        let writer_thread = std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || writer.run(rx))?;
+        let cursor_shared = shared.clone();
+        let cursor_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CURSOR_SYNC_INTERVAL);
+            loop {
+                tick.tick().await;
+                let s = cursor_shared.clone();
+                match tokio::task::spawn_blocking(move || s.persist_cursors()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist queue cursors"),
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Self {
+            shared,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            cursor_task,
+            _lock: lock,
+        })
+    }
+
+    pub(super) async fn append(&self, records: Vec<Bytes>) -> Result<(), QueueError> {
+        let tx = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(QueueError::Closed)?;
+        let (reply, done) = oneshot::channel();
+        tx.send((records, reply))
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        done.await.map_err(|_| QueueError::Closed)?
+    }
+
+    pub(super) fn reader(&self, index: usize) -> DiskReader {
+        let committed = self
+            .shared
+            .lock()
+            .committed
+            .get(index)
+            .copied()
+            .unwrap_or_default();
+        DiskReader {
+            shared: self.shared.clone(),
+            index,
+            read: committed,
+            committed,
+            file: None,
+        }
+    }
+
+    pub(super) fn stats(&self) -> QueueStats {
+        let s = self.shared.lock();
+        QueueStats {
+            bytes: s.bytes,
+            end_seq: s.durable.seq,
+        }
+    }
+
+    /// Records skipped by readers because they failed their CRC.
+    pub fn skipped_records(&self) -> u64 {
+        self.shared.skipped_records.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn close(&self) {
+        self.shared.lock().closed = true;
+        let tx = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(tx);
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.cursor_task.abort();
+        let s = self.shared.clone();
+        match tokio::task::spawn_blocking(move || s.persist_cursors()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist queue cursors at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "cursor persistence task failed"),
+        }
+    }
+}
+
+impl Drop for DiskQueue {
+    fn drop(&mut self) {
+        self.cursor_task.abort();
+    }
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+/// The single writer: owns the active segment, groups waiting appends under one fsync.
+struct Writer {
+    shared: Arc<Shared>,
+    file: ActiveSegment,
+    max_bytes: u64,
+    segment_bytes: u64,
+    /// Set after a failed write that could not be rolled back; appends then fail until restart.
+    broken: Option<String>,
+}
+
+struct ActiveSegment {
+    id: u64,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
+        let mut group: Vec<AppendRequest> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+            }
+            self.commit_group(&mut group);
+        }
+        if self.broken.is_some() {
+            // Drop the failed bytes without the flush a dropped BufWriter would attempt.
+            let _ = self.file.out.into_parts();
+            return;
+        }
+        {
+            if let Err(e) = self
+                .file
+                .out
+                .flush()
+                .and_then(|()| self.file.out.get_ref().sync_data())
+            {
+                tracing::error!(error = %e, "final queue sync failed");
+            }
+        }
+    }
+
+    fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
+        let start = (self.file.id, self.file.len, self.shared.lock().durable);
+        let mut accepted = Vec::with_capacity(group.len());
+        let mut result: Result<Position, io::Error> = Ok(start.2);
+        let mut stored = self.shared.lock().bytes;
+        let mut rolled = Vec::new();
+        for (records, reply) in group.drain(..) {
+            if let Some(why) = &self.broken {
+                let _ = reply.send(Err(QueueError::Io(io::Error::other(why.clone()))));
+                continue;
+            }
+            let incoming: u64 = records.iter().map(|r| r.len() as u64 + RECORD_HEADER).sum();
+            if stored + incoming > self.max_bytes {
+                let _ = reply.send(Err(QueueError::Full {
+                    stored,
+                    max: self.max_bytes,
+                    incoming,
+                }));
+                continue;
+            }
+            if let Ok(end) = &mut result {
+                match self.write_records(&records, end, &mut rolled) {
+                    Ok(()) => stored += incoming,
+                    Err(e) => result = Err(e),
+                }
+            }
+            accepted.push(reply);
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let synced = result.and_then(|end| {
+            self.file.out.flush()?;
+            self.file.out.get_ref().sync_data()?;
+            Ok(end)
+        });
+        match synced {
+            Ok(end) => {
+                {
+                    let mut s = self.shared.lock();
+                    for (id, seg) in rolled {
+                        s.segments.insert(id, seg);
+                    }
+                    let first_seq = s
+                        .segments
+                        .get(&self.file.id)
+                        .map_or(end.seq, |g| g.first_seq);
+                    s.segments.insert(
+                        self.file.id,
+                        Segment {
+                            first_seq,
+                            len: self.file.len,
+                        },
+                    );
+                    s.bytes = stored;
+                    s.durable = end;
+                }
+                self.shared.appended.notify_waiters();
+                for reply in accepted {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "queue write failed; the batch is refused with 503");
+                self.roll_back(start.0, start.1, &rolled);
+                for reply in accepted {
+                    let _ =
+                        reply.send(Err(QueueError::Io(io::Error::new(e.kind(), e.to_string()))));
+                }
+            }
+        }
+    }
+
+    /// Writes records after `end`, starting a new segment when the active one is full.
+    fn write_records(
+        &mut self,
+        records: &[Bytes],
+        end: &mut Position,
+        rolled: &mut Vec<(u64, Segment)>,
+    ) -> io::Result<()> {
+        for record in records {
+            let len = record.len() as u64;
+            if self.file.len > SEGMENT_HEADER
+                && self.file.len + RECORD_HEADER + len > self.segment_bytes
+            {
+                self.file.out.flush()?;
+                self.file.out.get_ref().sync_data()?;
+                let first_seq = self
+                    .shared
+                    .lock()
+                    .segments
+                    .get(&self.file.id)
+                    .map_or(end.seq, |s| s.first_seq);
+                rolled.push((
+                    self.file.id,
+                    Segment {
+                        first_seq,
+                        len: self.file.len,
+                    },
+                ));
+                self.file = create_segment(&self.shared.dir, self.file.id + 1, end.seq)?;
+                rolled.push((
+                    self.file.id,
+                    Segment {
+                        first_seq: end.seq,
+                        len: SEGMENT_HEADER,
+                    },
+                ));
+            }
+            let len32 = u32::try_from(len).map_err(|_| io::Error::other("record above 4 GiB"))?;
+            self.file.out.write_all(&len32.to_le_bytes())?;
+            self.file
+                .out
+                .write_all(&crc32c::crc32c(record).to_le_bytes())?;
+            self.file.out.write_all(record)?;
+            self.file.len += RECORD_HEADER + len;
+            *end = Position {
+                seq: end.seq + 1,
+                segment: self.file.id,
+                offset: self.file.len,
+            };
+        }
+        Ok(())
+    }
+
+    /// Undoes a failed group: the active segment is cut back to its last durable length so
+    /// that nothing unacknowledged is ever read or recovered.
+    fn roll_back(&mut self, id: u64, len: u64, rolled: &[(u64, Segment)]) {
+        let undo = || -> io::Result<ActiveSegment> {
+            for (new_id, _) in rolled.iter().filter(|(i, _)| *i != id) {
+                let _ = fs::remove_file(segment_path(&self.shared.dir, *new_id));
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .open(segment_path(&self.shared.dir, id))?;
+            file.set_len(len)?;
+            file.sync_all()?;
+            let mut out = BufWriter::with_capacity(1 << 16, file);
+            out.seek(SeekFrom::Start(len))?;
+            Ok(ActiveSegment { id, out, len })
+        };
+        match undo() {
+            Ok(active) => {
+                let failed = std::mem::replace(&mut self.file, active);
+                // `into_parts` drops the unwritten buffer; dropping the BufWriter would try to
+                // write it again past the cut.
+                let _ = failed.out.into_parts();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot roll back the queue after a failed write; refusing appends until restart");
+                self.broken = Some(format!("queue unusable after failed write: {e}"));
+            }
+        }
+    }
+}
+
+fn create_segment(dir: &Path, id: u64, first_seq: u64) -> io::Result<ActiveSegment> {
+    let path = segment_path(dir, id);
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    out.write_all(MAGIC)?;
+    out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    out.write_all(&first_seq.to_le_bytes())?;
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(ActiveSegment {
+        id,
+        out,
+        len: SEGMENT_HEADER,
+    })
+}
+
+fn read_segment_header(file: &mut impl Read) -> io::Result<u64> {
+    let mut header = [0u8; SEGMENT_HEADER as usize];
+    file.read_exact(&mut header)?;
+    if &header[..4] != MAGIC || header[4..8] != FORMAT_VERSION.to_le_bytes() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a queue segment (bad magic or version)",
+        ));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&header[8..16]);
+    Ok(u64::from_le_bytes(seq))
+}
+
+/// Outcome of reading one record.
+enum RecordRead {
+    Good(Bytes),
+    /// Length plausible, CRC wrong: the record is skipped.
+    BadCrc(u64),
+    /// Not a whole record before `limit`: end of the usable part of the segment.
+    End,
+}
+
+fn read_record(r: &mut impl Read, offset: u64, limit: u64) -> io::Result<RecordRead> {
+    if offset + RECORD_HEADER > limit {
+        return Ok(RecordRead::End);
+    }
+    let mut header = [0u8; RECORD_HEADER as usize];
+    r.read_exact(&mut header)?;
+    let len = u64::from(u32::from_le_bytes([
+        header[0], header[1], header[2], header[3],
+    ]));
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD || offset + RECORD_HEADER + len > limit {
+        return Ok(RecordRead::End);
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)?;
+    if crc32c::crc32c(&payload) == crc {
+        Ok(RecordRead::Good(Bytes::from(payload)))
+    } else {
+        Ok(RecordRead::BadCrc(RECORD_HEADER + len))
+    }
+}
+
+/// Scans the directory, truncates a torn tail, loads cursors; returns the shared state, the
+/// directory lock and the active segment open for appending.
+fn recover(dir: &Path, names: &[String]) -> Result<(Shared, File, ActiveSegment), QueueError> {
+    create_private_dir(dir)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    lock.try_lock().map_err(|e| {
+        io::Error::other(format!(
+            "queue directory {} is in use by another process ({e})",
+            dir.display()
+        ))
+    })?;
+    let mut ids: Vec<u64> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name.strip_suffix(".seg").and_then(|s| s.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    let mut segments = BTreeMap::new();
+    let mut end = Position::default();
+    let last = ids.last().copied();
+    for id in ids {
+        let path = segment_path(dir, id);
+        let mut f = BufReader::new(File::open(&path)?);
+        let file_len = fs::metadata(&path)?.len();
+        let first_seq = match read_segment_header(&mut f) {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(segment = %path.display(), error = %e, "unreadable queue segment header; moving it aside");
+                fs::rename(&path, path.with_extension("corrupt"))?;
+                continue;
+            }
+        };
+        let mut offset = SEGMENT_HEADER;
+        let mut seq = first_seq.max(end.seq);
+        let mut bad = 0u64;
+        // Offset and sequence after the last good record: in the newest segment, bad records
+        // after it are the torn end of a write that was never acknowledged.
+        let mut good_end = (offset, seq, 0u64);
+        loop {
+            match read_record(&mut f, offset, file_len) {
+                Ok(RecordRead::Good(r)) => {
+                    offset += RECORD_HEADER + r.len() as u64;
+                    seq += 1;
+                    good_end = (offset, seq, bad);
+                }
+                Ok(RecordRead::BadCrc(n)) => {
+                    offset += n;
+                    seq += 1;
+                    bad += 1;
+                }
+                Ok(RecordRead::End) | Err(_) => break,
+            }
+        }
+        if Some(id) == last {
+            (offset, seq, bad) = good_end;
+        }
+        if offset < file_len {
+            if Some(id) == last {
+                tracing::warn!(segment = %path.display(), kept = offset, dropped = file_len - offset,
+                    "queue segment has a torn tail (interrupted unacknowledged write); truncating");
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(offset)?;
+                f.sync_all()?;
+            } else {
+                tracing::error!(segment = %path.display(), lost_bytes = file_len - offset,
+                    "queue segment is corrupt in the middle; records after the damage in this segment are skipped");
+            }
+        }
+        if bad > 0 {
+            tracing::error!(segment = %path.display(), records = bad, "queue records failed their CRC and will be skipped");
+        }
+        segments.insert(
+            id,
+            Segment {
+                first_seq,
+                len: offset.min(file_len),
+            },
+        );
+        end = Position {
+            seq,
+            segment: id,
+            offset,
+        };
+    }
+    let active = match segments.iter().next_back() {
+        Some((&id, seg)) => {
+            let file = OpenOptions::new().write(true).open(segment_path(dir, id))?;
+            let mut out = BufWriter::with_capacity(1 << 16, file);
+            out.seek(SeekFrom::Start(seg.len))?;
+            ActiveSegment {
+                id,
+                out,
+                len: seg.len,
+            }
+        }
+        None => {
+            let a = create_segment(dir, 1, 0)?;
+            segments.insert(
+                1,
+                Segment {
+                    first_seq: 0,
+                    len: SEGMENT_HEADER,
+                },
+            );
+            end = Position {
+                seq: 0,
+                segment: 1,
+                offset: SEGMENT_HEADER,
+            };
+            a
+        }
+    };
+    let oldest = segments
+        .iter()
+        .next()
+        .map(|(&id, s)| Position {
+            seq: s.first_seq,
+            segment: id,
+            offset: SEGMENT_HEADER,
+        })
+        .unwrap_or(end);
+    let committed: Vec<Position> = names
+        .iter()
+        .map(|name| load_cursor(dir, name, oldest, end, &segments))
+        .collect();
+    let bytes = segments.values().map(|s| s.len).sum();
+    if end.seq > oldest.seq {
+        tracing::info!(dir = %dir.display(), records = end.seq - oldest.seq, bytes, "queue recovered");
+    }
+    let shared = Shared {
+        dir: dir.to_owned(),
+        names: names.to_vec(),
+        state: Mutex::new(State {
+            segments,
+            durable: end,
+            persisted: committed.clone(),
+            committed,
+            bytes,
+            closed: false,
+        }),
+        appended: Notify::new(),
+        skipped_records: AtomicU64::new(0),
+    };
+    Ok((shared, lock, active))
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot create queue directory {}: {e}", dir.display()),
+        )),
+    }
+}
+
+fn load_cursor(
+    dir: &Path,
+    name: &str,
+    oldest: Position,
+    end: Position,
+    segments: &BTreeMap<u64, Segment>,
+) -> Position {
+    let path = dir.join(format!("cursor-{name}"));
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return oldest,
+        Err(e) => {
+            tracing::warn!(cursor = %path.display(), error = %e, "cannot read cursor; resending from the oldest record");
+            return oldest;
+        }
+    };
+    let parsed: Option<Position> = (|| {
+        let mut parts = text.split_whitespace();
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let segment = parts.next()?.parse().ok()?;
+        let offset = parts.next()?.parse().ok()?;
+        let seq = parts.next()?.parse().ok()?;
+        Some(Position {
+            seq,
+            segment,
+            offset,
+        })
+    })();
+    match parsed {
+        Some(p) if p.segment < oldest.segment => oldest,
+        Some(p) if p > end => {
+            tracing::warn!(cursor = %path.display(), "cursor is past the end of the queue; starting at the end");
+            end
+        }
+        Some(p)
+            if segments
+                .get(&p.segment)
+                .is_some_and(|s| p.offset <= s.len && p.offset >= SEGMENT_HEADER) =>
+        {
+            p
+        }
+        _ => {
+            tracing::warn!(cursor = %path.display(), "cursor is invalid; resending from the oldest record");
+            oldest
+        }
+    }
+}
+
+/// One destination's cursor into a [`DiskQueue`], with its own file handle.
+#[derive(Debug)]
+pub struct DiskReader {
+    shared: Arc<Shared>,
+    index: usize,
+    read: Position,
+    committed: Position,
+    /// Open segment and the offset its reader is at.
+    file: Option<(u64, u64, BufReader<File>)>,
+}
+
+impl DiskReader {
+    pub(super) async fn next_batch(
+        &mut self,
+        max_bytes: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Result<Position, QueueError> {
+        loop {
+            let shared = self.shared.clone();
+            let notified = shared.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (durable, segments) = {
+                let s = self.shared.lock();
+                (s.durable, s.segments.clone())
+            };
+            if self.read.seq < durable.seq || (self.read.segment < durable.segment) {
+                // Reads are small and usually served from the page cache; doing them inline
+                // keeps the reader simple and cancel safe (nothing is consumed across an await).
+                let (before, position) = (out.len(), self.read);
+                self.read_some(&durable, &segments, max_bytes, out)?;
+                if out.len() > before {
+                    return Ok(self.read);
+                }
+                if self.read != position {
+                    continue;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn read_some(
+        &mut self,
+        durable: &Position,
+        segments: &BTreeMap<u64, Segment>,
+        max_bytes: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), QueueError> {
+        let mut taken = 0usize;
+        loop {
+            let limit = if self.read.segment == durable.segment {
+                durable.offset
+            } else {
+                segments.get(&self.read.segment).map_or(0, |s| s.len)
+            };
+            if self.read.offset >= limit || !segments.contains_key(&self.read.segment) {
+                // End of this segment: move to the next one, if any.
+                match segments.range(self.read.segment + 1..).next() {
+                    Some((&id, seg)) if self.read.segment < durable.segment => {
+                        self.read = Position {
+                            seq: seg.first_seq.max(self.read.seq),
+                            segment: id,
+                            offset: SEGMENT_HEADER,
+                        };
+                        self.file = None;
+                        continue;
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            let offset = self.read.offset;
+            let reader = self.open_at(self.read.segment, offset)?;
+            match read_record(reader, offset, limit)? {
+                RecordRead::Good(record) => {
+                    let n = record.len() as u64 + RECORD_HEADER;
+                    taken += record.len();
+                    out.push(record);
+                    self.advance(n);
+                    if taken >= max_bytes {
+                        return Ok(());
+                    }
+                }
+                RecordRead::BadCrc(n) => {
+                    self.shared.skipped_records.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        segment = self.read.segment,
+                        offset = self.read.offset,
+                        "queue record failed its CRC; skipped"
+                    );
+                    self.advance(n);
+                }
+                RecordRead::End => {
+                    // Damage in a sealed segment: skip the rest of it.
+                    self.read.offset = limit;
+                    self.file = None;
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.read.offset += n;
+        self.read.seq += 1;
+        if let Some((_, off, _)) = &mut self.file {
+            *off += n;
+        }
+    }
+
+    fn open_at(&mut self, segment: u64, offset: u64) -> io::Result<&mut BufReader<File>> {
+        let reusable = matches!(&self.file, Some((id, off, _)) if *id == segment && *off == offset);
+        if !reusable {
+            let mut f = BufReader::with_capacity(
+                1 << 16,
+                File::open(segment_path(&self.shared.dir, segment))?,
+            );
+            f.seek(SeekFrom::Start(offset))?;
+            self.file = Some((segment, offset, f));
+        }
+        match &mut self.file {
+            Some((_, _, f)) => Ok(f),
+            None => Err(io::Error::other("segment reader missing")),
+        }
+    }
+
+    pub(super) fn commit(&mut self, position: Position) {
+        if position <= self.committed {
+            return;
+        }
+        self.committed = position;
+        let mut s = self.shared.lock();
+        if let Some(c) = s.committed.get_mut(self.index) {
+            *c = position;
+        }
+        s.release(&self.shared.dir);
+    }
+
+    pub(super) fn rewind(&mut self) {
+        self.read = self.committed;
+        self.file = None;
+    }
+
+    pub(super) fn caught_up(&self) -> bool {
+        let s = self.shared.lock();
+        self.read.seq >= s.durable.seq
+    }
+
+    pub(super) fn backlog(&self) -> u64 {
+        self.shared
+            .lock()
+            .durable
+            .seq
+            .saturating_sub(self.committed.seq)
+    }
+}

@@ -1,0 +1,191 @@
+//! The memory queue: a bounded ring of records shared by all destinations' readers.
+//! Lost on crash; for sidecars that accept that (`queue.kind = "memory"`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::{Position, QueueError, QueueStats};
+
+#[derive(Debug)]
+struct State {
+    records: VecDeque<Bytes>,
+    /// Sequence number of `records[0]`.
+    first_seq: u64,
+    bytes: u64,
+    /// Committed sequence number per destination.
+    cursors: Vec<u64>,
+    closed: bool,
+}
+
+impl State {
+    fn end_seq(&self) -> u64 {
+        self.first_seq + self.records.len() as u64
+    }
+
+    /// Drops records every destination has committed.
+    fn release(&mut self) {
+        let lowest = self
+            .cursors
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or_else(|| self.end_seq());
+        while self.first_seq < lowest {
+            match self.records.pop_front() {
+                Some(r) => self.bytes -= r.len() as u64,
+                None => break,
+            }
+            self.first_seq += 1;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    appended: Notify,
+    max_bytes: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent in a way that
+        // matters more than stopping the relay would, so recover the guard.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Bounded in-memory queue.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    shared: Arc<Shared>,
+}
+
+impl MemoryQueue {
+    /// A queue of at most `max_bytes` for `destinations` readers.
+    pub fn new(max_bytes: u64, destinations: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    records: VecDeque::new(),
+                    first_seq: 0,
+                    bytes: 0,
+                    cursors: vec![0; destinations],
+                    closed: false,
+                }),
+                appended: Notify::new(),
+                max_bytes,
+            }),
+        }
+    }
+
+    pub(super) fn append(&self, records: Vec<Bytes>) -> Result<(), QueueError> {
+        let incoming: u64 = records.iter().map(|r| r.len() as u64).sum();
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(QueueError::Closed);
+        }
+        if state.bytes + incoming > self.shared.max_bytes {
+            return Err(QueueError::Full {
+                stored: state.bytes,
+                max: self.shared.max_bytes,
+                incoming,
+            });
+        }
+        state.bytes += incoming;
+        state.records.extend(records);
+        drop(state);
+        self.shared.appended.notify_waiters();
+        Ok(())
+    }
+
+    pub(super) fn reader(&self, index: usize) -> MemoryReader {
+        let committed = self.shared.lock().cursors.get(index).copied().unwrap_or(0);
+        MemoryReader {
+            shared: self.shared.clone(),
+            index,
+            read: committed,
+            committed,
+        }
+    }
+
+    pub(super) fn stats(&self) -> QueueStats {
+        let state = self.shared.lock();
+        QueueStats {
+            bytes: state.bytes,
+            end_seq: state.end_seq(),
+        }
+    }
+
+    pub(super) fn close(&self) {
+        self.shared.lock().closed = true;
+    }
+}
+
+/// One destination's cursor into a [`MemoryQueue`].
+#[derive(Debug)]
+pub struct MemoryReader {
+    shared: Arc<Shared>,
+    index: usize,
+    read: u64,
+    committed: u64,
+}
+
+impl MemoryReader {
+    pub(super) async fn next_batch(&mut self, max_bytes: usize, out: &mut Vec<Bytes>) -> Position {
+        loop {
+            let notified = self.shared.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.shared.lock();
+                let start = self.read.max(state.first_seq);
+                if start < state.end_seq() {
+                    let mut taken = 0usize;
+                    let mut seq = start;
+                    for record in state.records.range((start - state.first_seq) as usize..) {
+                        if taken > 0 && taken + record.len() > max_bytes {
+                            break;
+                        }
+                        taken += record.len();
+                        out.push(record.clone());
+                        seq += 1;
+                    }
+                    self.read = seq;
+                    return Position {
+                        seq,
+                        segment: 0,
+                        offset: 0,
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub(super) fn commit(&mut self, position: Position) {
+        self.committed = self.committed.max(position.seq);
+        let mut state = self.shared.lock();
+        if let Some(c) = state.cursors.get_mut(self.index) {
+            *c = self.committed;
+        }
+        state.release();
+    }
+
+    pub(super) fn rewind(&mut self) {
+        self.read = self.committed;
+    }
+
+    pub(super) fn caught_up(&self) -> bool {
+        self.read >= self.shared.lock().end_seq()
+    }
+
+    pub(super) fn backlog(&self) -> u64 {
+        self.shared.lock().end_seq().saturating_sub(self.committed)
+    }
+}

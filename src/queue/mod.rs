@@ -1,0 +1,192 @@
+//! The queue boundary between the HTTP side and the senders.
+//!
+//! The webhook appends rendered records and answers 200 only once [`Queue::append`] returns
+//! `Ok`: for the disk queue that means written and fsynced. Each destination reads through
+//! its own [`Reader`], which keeps a read position (what was handed to the sender) and a
+//! committed position (what the receiver is known to have). After a reconnect the sender
+//! rewinds to the committed position, so delivery is at least once and in order per
+//! destination. Records are released once every destination has committed past them.
+
+mod disk;
+mod memory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{QueueConfig, QueueKind};
+
+pub use disk::DiskQueue;
+pub use memory::MemoryQueue;
+
+/// Why records could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Stored bytes would exceed `queue.max_bytes`.
+    #[error("queue full: {stored} of {max} bytes stored, {incoming} more offered")]
+    Full {
+        /// Bytes stored now.
+        stored: u64,
+        /// `queue.max_bytes`.
+        max: u64,
+        /// Bytes of the refused batch.
+        incoming: u64,
+    },
+    /// The disk refused a write or fsync (ENOSPC, EIO...). Nothing of the batch counts as stored.
+    #[error("queue storage error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The queue is shutting down.
+    #[error("queue closed")]
+    Closed,
+}
+
+/// A position in the queue: the sequence number of the next record, plus where it lives on
+/// disk (unused by the memory queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// Sequence number of the next record to read.
+    pub seq: u64,
+    /// Segment file holding it.
+    pub segment: u64,
+    /// Byte offset in that segment.
+    pub offset: u64,
+}
+
+/// Sizes reported to logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Bytes held (payload and record headers).
+    pub bytes: u64,
+    /// Sequence number that the next appended record gets.
+    pub end_seq: u64,
+}
+
+/// The queue, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Queue(Arc<Backend>);
+
+#[derive(Debug)]
+enum Backend {
+    Memory(MemoryQueue),
+    Disk(DiskQueue),
+}
+
+impl Queue {
+    /// Opens the queue of `config` for the named destinations (in order; a reader is
+    /// addressed by its index).
+    ///
+    /// # Errors
+    /// [`QueueError::Io`] when the data directory cannot be used.
+    pub async fn open(config: &QueueConfig, destinations: &[String]) -> Result<Self, QueueError> {
+        let backend = match config.kind {
+            QueueKind::Memory => {
+                Backend::Memory(MemoryQueue::new(config.max_bytes.0, destinations.len()))
+            }
+            QueueKind::Disk => Backend::Disk(DiskQueue::open(config, destinations).await?),
+        };
+        Ok(Self(Arc::new(backend)))
+    }
+
+    /// Stores `records` as one unit: either all are stored (and, for the disk queue,
+    /// fsynced) or none is acknowledged.
+    ///
+    /// # Errors
+    /// [`QueueError::Full`], [`QueueError::Io`] or [`QueueError::Closed`].
+    pub async fn append(&self, records: Vec<Bytes>) -> Result<(), QueueError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match &*self.0 {
+            Backend::Memory(q) => q.append(records),
+            Backend::Disk(q) => q.append(records).await,
+        }
+    }
+
+    /// The reader of destination `index`, starting at its committed position.
+    pub fn reader(&self, index: usize) -> Reader {
+        let inner = match &*self.0 {
+            Backend::Memory(q) => ReaderInner::Memory(q.reader(index)),
+            Backend::Disk(q) => ReaderInner::Disk(q.reader(index)),
+        };
+        Reader { inner }
+    }
+
+    /// Current sizes.
+    pub fn stats(&self) -> QueueStats {
+        match &*self.0 {
+            Backend::Memory(q) => q.stats(),
+            Backend::Disk(q) => q.stats(),
+        }
+    }
+
+    /// Refuses further appends and persists the cursors.
+    pub async fn close(&self) {
+        match &*self.0 {
+            Backend::Memory(q) => q.close(),
+            Backend::Disk(q) => q.close().await,
+        }
+    }
+}
+
+/// One destination's view of the queue.
+#[derive(Debug)]
+pub struct Reader {
+    inner: ReaderInner,
+}
+
+#[derive(Debug)]
+enum ReaderInner {
+    Memory(memory::MemoryReader),
+    Disk(disk::DiskReader),
+}
+
+impl Reader {
+    /// Waits until at least one record is available at the read position, then moves up to
+    /// `max_bytes` of records (at least one) into `out` and returns the position after them.
+    /// Cancel safe: nothing is consumed unless the future completes.
+    ///
+    /// # Errors
+    /// [`QueueError::Io`] when a segment cannot be read.
+    pub async fn next_batch(
+        &mut self,
+        max_bytes: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Result<Position, QueueError> {
+        match &mut self.inner {
+            ReaderInner::Memory(r) => Ok(r.next_batch(max_bytes, out).await),
+            ReaderInner::Disk(r) => r.next_batch(max_bytes, out).await,
+        }
+    }
+
+    /// Marks everything before `position` as delivered to this destination.
+    pub fn commit(&mut self, position: Position) {
+        match &mut self.inner {
+            ReaderInner::Memory(r) => r.commit(position),
+            ReaderInner::Disk(r) => r.commit(position),
+        }
+    }
+
+    /// Moves the read position back to the committed one (after a lost connection).
+    pub fn rewind(&mut self) {
+        match &mut self.inner {
+            ReaderInner::Memory(r) => r.rewind(),
+            ReaderInner::Disk(r) => r.rewind(),
+        }
+    }
+
+    /// Whether the read position is at the end of what is stored.
+    pub fn caught_up(&self) -> bool {
+        match &self.inner {
+            ReaderInner::Memory(r) => r.caught_up(),
+            ReaderInner::Disk(r) => r.caught_up(),
+        }
+    }
+
+    /// Records stored but not yet committed by this destination.
+    pub fn backlog(&self) -> u64 {
+        match &self.inner {
+            ReaderInner::Memory(r) => r.backlog(),
+            ReaderInner::Disk(r) => r.backlog(),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Destination senders: one task per destination reads its queue cursor, frames records and
+//! writes them to a TCP or TLS connection (or stdout), reconnecting with capped exponential
+//! backoff and jitter.
+//!
+//! Delivery is confirmed conservatively: a written batch is committed only after it stayed
+//! `confirm_after` on a connection that showed no error, close or TLS alert. Syslog
+//! receivers never answer, so the read half is watched: a TLS 1.3 receiver that rejects the
+//! client certificate, or one that resets the connection, is noticed there and everything not
+//! yet committed is sent again on the next connection (at least once, in order).
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DestinationConfig, Endpoint, Framing, Transport};
+use crate::queue::{Position, Reader};
+use crate::syslog::frame;
+use crate::tls;
+
+/// Why a destination cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// The URL is not valid (already checked by the config, kept for library users).
+    #[error("destination {name}: {reason}")]
+    Url {
+        /// Destination name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS settings are unusable.
+    #[error("destination {name}: {source}")]
+    Tls {
+        /// Destination name.
+        name: String,
+        /// The TLS problem.
+        source: tls::TlsError,
+    },
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("connect failed: {0}")]
+    Connect(io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("receiver closed the connection")]
+    PeerClosed,
+    #[error("connection error: {0}")]
+    Io(io::Error),
+    #[error("write timed out")]
+    WriteTimeout,
+    #[error("queue read failed: {0}")]
+    Queue(crate::queue::QueueError),
+}
+
+enum Connector {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Tls {
+        host: String,
+        port: u16,
+        connector: TlsConnector,
+        server_name: ServerName<'static>,
+    },
+    Stdout,
+}
+
+/// One destination and its delivery loop.
+pub struct Destination {
+    name: String,
+    connector: Connector,
+    framing: Framing,
+    config: DestinationConfig,
+    reader: Reader,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("name", &self.name)
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The two stop signals of a sender: `drain` asks it to finish once the queue is delivered,
+/// `stop` ends it now (after the drain deadline).
+#[derive(Debug, Clone)]
+pub struct StopSignals {
+    /// Deliver what is queued, then stop.
+    pub drain: CancellationToken,
+    /// Stop now.
+    pub stop: CancellationToken,
+}
+
+impl Destination {
+    /// Prepares a destination; certificate keys on a plain target are ignored with a warning.
+    ///
+    /// # Errors
+    /// [`DestinationError`] when the URL or the TLS files are unusable.
+    pub fn new(config: &DestinationConfig, reader: Reader) -> Result<Self, DestinationError> {
+        let endpoint = config.endpoint().map_err(|reason| DestinationError::Url {
+            name: config.name.clone(),
+            reason,
+        })?;
+        let connector = match endpoint {
+            Endpoint::Stdout => Connector::Stdout,
+            Endpoint::Network {
+                transport: Transport::Tcp,
+                host,
+                port,
+            } => {
+                let ignored = config.tls_keys_set();
+                if !ignored.is_empty() {
+                    tracing::warn!(destination = %config.name, url = %config.url, ignored = ?ignored,
+                        "plain tcp destination: certificate settings are ignored and events are sent in clear");
+                }
+                Connector::Tcp { host, port }
+            }
+            Endpoint::Network {
+                transport: Transport::Tls,
+                host,
+                port,
+            } => {
+                let client =
+                    tls::client_config(config).map_err(|source| DestinationError::Tls {
+                        name: config.name.clone(),
+                        source,
+                    })?;
+                let name = config.server_name.clone().unwrap_or_else(|| host.clone());
+                let server_name =
+                    ServerName::try_from(name).map_err(|e| DestinationError::Url {
+                        name: config.name.clone(),
+                        reason: format!("invalid server name: {e}"),
+                    })?;
+                Connector::Tls {
+                    host,
+                    port,
+                    connector: TlsConnector::from(client),
+                    server_name,
+                }
+            }
+        };
+        Ok(Self {
+            name: config.name.clone(),
+            connector,
+            framing: config.framing,
+            config: config.clone(),
+            reader,
+        })
+    }
+
+    /// Delivers records until `signals.drain` is cancelled and everything is delivered, or
+    /// `signals.stop` is cancelled.
+    pub async fn run(mut self, signals: StopSignals) {
+        let mut backoff = self.config.backoff_initial;
+        loop {
+            if signals.stop.is_cancelled()
+                || (signals.drain.is_cancelled() && self.reader.caught_up())
+            {
+                break;
+            }
+            let started = Instant::now();
+            let end = self.connect_and_send(&signals).await;
+            self.reader.rewind();
+            match end {
+                Ok(()) => break,
+                Err(e) => {
+                    if signals.stop.is_cancelled() {
+                        break;
+                    }
+                    // A connection that carried traffic for a while resets the backoff.
+                    if started.elapsed() > self.config.backoff_max {
+                        backoff = self.config.backoff_initial;
+                    }
+                    let delay = jitter(backoff);
+                    tracing::warn!(destination = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64,
+                        backlog = self.reader.backlog(), "destination unavailable; will reconnect");
+                    tokio::select! {
+                        _ = signals.stop.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+        let backlog = self.reader.backlog();
+        if backlog > 0 {
+            tracing::warn!(destination = %self.name, records = backlog, "stopped with undelivered records; they stay queued");
+        } else {
+            tracing::info!(destination = %self.name, "destination drained");
+        }
+    }
+
+    async fn connect_and_send(&mut self, signals: &StopSignals) -> Result<(), ConnectionEnd> {
+        let timeout = self.config.connect_timeout;
+        match &self.connector {
+            Connector::Stdout => {
+                let stdout = tokio::io::stdout();
+                self.send_loop(tokio::io::empty(), stdout, signals).await
+            }
+            Connector::Tcp { host, port } => {
+                let stream = connect_tcp(host, *port, timeout, signals).await?;
+                tracing::info!(destination = %self.name, url = %self.config.url, "connected");
+                let (rd, wr) = stream.into_split();
+                self.send_loop(rd, wr, signals).await
+            }
+            Connector::Tls {
+                host,
+                port,
+                connector,
+                server_name,
+            } => {
+                let deadline = Instant::now() + timeout;
+                let stream = connect_tcp(host, *port, timeout, signals).await?;
+                let handshake = connector.connect(server_name.clone(), stream);
+                let stream = tokio::select! {
+                    _ = signals.stop.cancelled() => return Ok(()),
+                    r = tokio::time::timeout_at(deadline, handshake) => match r {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return Err(ConnectionEnd::Connect(e)),
+                        Err(_) => return Err(ConnectionEnd::ConnectTimeout),
+                    },
+                };
+                tracing::info!(destination = %self.name, url = %self.config.url, "connected (TLS)");
+                let (rd, wr) = tokio::io::split(stream);
+                self.send_loop(rd, wr, signals).await
+            }
+        }
+    }
+
+    /// Writes batches until the connection fails, the drain completes or `stop` fires.
+    async fn send_loop<R, W>(
+        &mut self,
+        mut rd: R,
+        mut wr: W,
+        signals: &StopSignals,
+    ) -> Result<(), ConnectionEnd>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let confirm_after = self.config.confirm_after;
+        let watch_peer = !matches!(self.connector, Connector::Stdout);
+        let mut pending: VecDeque<(Position, Instant)> = VecDeque::new();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(self.config.batch_bytes.as_usize() + 1024);
+        let mut scratch = [0u8; 512];
+        loop {
+            let now = Instant::now();
+            while let Some(&(position, written)) = pending.front() {
+                if now.duration_since(written) < confirm_after {
+                    break;
+                }
+                self.reader.commit(position);
+                pending.pop_front();
+            }
+            if signals.drain.is_cancelled() && self.reader.caught_up() {
+                return self.close(rd, wr, pending, watch_peer).await;
+            }
+            let confirm_at = pending.front().map(|&(_, t)| t + confirm_after);
+            tokio::select! {
+                biased;
+                _ = signals.stop.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+                    return Ok(());
+                }
+                end = peer_closed(&mut rd, &mut scratch), if watch_peer => return Err(end),
+                _ = tokio::time::sleep_until(confirm_at.unwrap_or(now)), if confirm_at.is_some() => {}
+                next = self.reader.next_batch(self.config.batch_bytes.as_usize(), &mut batch) => {
+                    let position = next.map_err(ConnectionEnd::Queue)?;
+                    buf.clear();
+                    for record in batch.drain(..) {
+                        frame(self.framing, &record, &mut buf);
+                    }
+                    let write = async {
+                        wr.write_all(&buf).await?;
+                        wr.flush().await
+                    };
+                    match tokio::time::timeout(self.config.write_timeout, write).await {
+                        Ok(Ok(())) => pending.push_back((position, Instant::now())),
+                        Ok(Err(e)) => return Err(ConnectionEnd::Io(e)),
+                        Err(_) => return Err(ConnectionEnd::WriteTimeout),
+                    }
+                }
+                // Wakes an idle sender when the drain starts, so it can finish.
+                _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => {}
+            }
+        }
+    }
+
+    /// Orderly end after a drain: close_notify / FIN, wait briefly for the receiver's close so
+    /// that a late rejection is still seen, then commit what was written.
+    async fn close<R, W>(
+        &mut self,
+        mut rd: R,
+        mut wr: W,
+        pending: VecDeque<(Position, Instant)>,
+        watch_peer: bool,
+    ) -> Result<(), ConnectionEnd>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        wr.shutdown().await.map_err(ConnectionEnd::Io)?;
+        if watch_peer && !pending.is_empty() {
+            let mut scratch = [0u8; 512];
+            let wait = self.config.confirm_after.max(Duration::from_millis(100));
+            match tokio::time::timeout(wait, peer_closed(&mut rd, &mut scratch)).await {
+                Ok(ConnectionEnd::PeerClosed) | Err(_) => {}
+                Ok(other) => return Err(other),
+            }
+        }
+        if let Some(&(position, _)) = pending.back() {
+            self.reader.commit(position);
+        }
+        Ok(())
+    }
+}
+
+/// Completes when the receiver closes the connection or it fails; data it sends is ignored.
+async fn peer_closed<R: AsyncRead + Unpin>(rd: &mut R, scratch: &mut [u8]) -> ConnectionEnd {
+    loop {
+        match rd.read(scratch).await {
+            Ok(0) => return ConnectionEnd::PeerClosed,
+            Ok(_) => {}
+            Err(e) => return ConnectionEnd::Io(e),
+        }
+    }
+}
+
+async fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    signals: &StopSignals,
+) -> Result<TcpStream, ConnectionEnd> {
+    let connect = tokio::time::timeout(timeout, TcpStream::connect((host, port)));
+    let stream = tokio::select! {
+        _ = signals.stop.cancelled() => return Err(ConnectionEnd::Connect(io::Error::other("stopping"))),
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectionEnd::Connect(e)),
+            Err(_) => return Err(ConnectionEnd::ConnectTimeout),
+        },
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// `base` scaled by a random factor in [0.5, 1.5), so that many relays do not reconnect in step.
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(0.5 + fastrand::f64())
+}

@@ -1,0 +1,285 @@
+//! One audit event → one RFC 5424 message (without framing).
+//!
+//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID SD [BOM]MSG`, where MSG is the event as one
+//! compact JSON line (see [`crate::audit::write_event_line`]). Header fields are sanitised to
+//! PRINTUSASCII and cut to their RFC 5424 lengths, so no input can break the framing.
+
+use serde_json::value::RawValue;
+
+use crate::audit::{self, EventView};
+use crate::config::SyslogConfig;
+use crate::syslog::timestamp;
+
+/// RFC 5424 field limits.
+const HOSTNAME_MAX: usize = 255;
+const APP_NAME_MAX: usize = 48;
+const MSGID_MAX: usize = 32;
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// An event that cannot be relayed within `max_message_bytes`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("event {audit_id} is {bytes} bytes after truncation, above syslog.max_message_bytes")]
+pub struct TooLarge {
+    /// The event's auditID, for the log line.
+    pub audit_id: String,
+    /// Size of the truncated record.
+    pub bytes: usize,
+}
+
+/// A rendered record.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The RFC 5424 message.
+    pub message: Vec<u8>,
+    /// Whether the apiserver truncation rule had to be applied.
+    pub truncated: bool,
+}
+
+/// Renders events with the settings of `[syslog]`.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    facility: u8,
+    /// ` HOSTNAME APP-NAME - `, shared by every record.
+    host_app: String,
+    enterprise_id: Option<u32>,
+    bom: bool,
+    max_message_bytes: usize,
+}
+
+impl Renderer {
+    /// Builds a renderer; `hostname` is sanitised here.
+    pub fn new(config: &SyslogConfig, hostname: &str) -> Self {
+        Self {
+            facility: config.facility,
+            host_app: format!(
+                " {} {} - ",
+                sanitize(hostname, HOSTNAME_MAX),
+                sanitize(&config.app_name, APP_NAME_MAX)
+            ),
+            enterprise_id: config.enterprise_id,
+            bom: config.bom,
+            max_message_bytes: config.max_message_bytes.as_usize(),
+        }
+    }
+
+    /// Renders one event. `received_at` is the TIMESTAMP used when the event has no valid
+    /// timestamp of its own.
+    ///
+    /// # Errors
+    /// [`TooLarge`] when even the truncated event exceeds `max_message_bytes`.
+    pub fn render(
+        &self,
+        item: &RawValue,
+        view: &EventView<'_>,
+        received_at: &str,
+    ) -> Result<Rendered, TooLarge> {
+        let mut message = Vec::with_capacity(item.get().len() + 160);
+        self.write_header(&mut message, view, received_at);
+        let header_len = message.len();
+        audit::write_event_line(&mut message, item.get(), view);
+        if message.len() <= self.max_message_bytes {
+            return Ok(Rendered {
+                message,
+                truncated: false,
+            });
+        }
+        message.truncate(header_len);
+        if let Some(short) = audit::truncate_event(item.get()) {
+            audit::write_event_line(&mut message, &short, view);
+        }
+        if message.len() > header_len && message.len() <= self.max_message_bytes {
+            Ok(Rendered {
+                message,
+                truncated: true,
+            })
+        } else {
+            Err(TooLarge {
+                audit_id: view.audit_id.chars().take(64).collect(),
+                bytes: message.len(),
+            })
+        }
+    }
+
+    fn write_header(&self, out: &mut Vec<u8>, view: &EventView<'_>, received_at: &str) {
+        let pri = u16::from(self.facility) * 8 + u16::from(severity(view));
+        out.push(b'<');
+        out.extend_from_slice(pri.to_string().as_bytes());
+        out.extend_from_slice(b">1 ");
+        let ts = [
+            &view.stage_timestamp,
+            &view.request_received_timestamp,
+            &view.timestamp,
+        ]
+        .into_iter()
+        .find_map(|t| t.as_deref().and_then(timestamp::normalize));
+        out.extend_from_slice(ts.as_deref().unwrap_or(received_at).as_bytes());
+        out.extend_from_slice(self.host_app.as_bytes());
+        out.extend_from_slice(sanitize(&view.stage, MSGID_MAX).as_bytes());
+        out.push(b' ');
+        match self.enterprise_id {
+            None => out.push(b'-'),
+            Some(pen) => {
+                out.extend_from_slice(format!("[k8saudit@{pen} auditID=\"").as_bytes());
+                write_param_value(out, &view.audit_id);
+                if let Some(verb) = &view.verb {
+                    out.extend_from_slice(b"\" verb=\"");
+                    write_param_value(out, verb);
+                }
+                out.extend_from_slice(b"\" user=\"");
+                write_param_value(out, view.username());
+                if let Some(code) = view.code() {
+                    out.extend_from_slice(format!("\" code=\"{code}").as_bytes());
+                }
+                out.extend_from_slice(b"\"]");
+            }
+        }
+        out.push(b' ');
+        if self.bom {
+            out.extend_from_slice(BOM);
+        }
+    }
+}
+
+/// Syslog severity of an event, first match wins (DESIGN §3).
+pub fn severity(view: &EventView<'_>) -> u8 {
+    if view.stage == "Panic" {
+        return 2;
+    }
+    match view.code() {
+        Some(c) if c >= 500 => return 3,
+        Some(401 | 403) => return 4,
+        Some(400..=499) => return 5,
+        _ => {}
+    }
+    match view.verb.as_deref() {
+        Some("create" | "update" | "patch" | "delete" | "deletecollection") => 5,
+        _ => 6,
+    }
+}
+
+/// PRINTUSASCII only (33-126), every other character replaced by `_`, cut to `max`;
+/// `-` (NILVALUE) when empty.
+pub fn sanitize(s: &str, max: usize) -> String {
+    let out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if ('!'..='~').contains(&c) { c } else { '_' })
+        .collect();
+    if out.is_empty() { "-".to_owned() } else { out }
+}
+
+/// SD PARAM-VALUE: `"`, `\` and `]` escaped (RFC 5424 §6.3.3); control characters replaced
+/// by `_` so that a value can never carry a line break into LF framing.
+fn write_param_value(out: &mut Vec<u8>, value: &str) {
+    for c in value.chars().take(256) {
+        match c {
+            '"' | '\\' | ']' => {
+                out.push(b'\\');
+                out.push(c as u8);
+            }
+            c if c.is_control() => out.push(b'_'),
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+
+    fn render(config: &SyslogConfig, json: &str) -> Result<Rendered, TooLarge> {
+        let raw: &RawValue = serde_json::from_str(json).unwrap();
+        let view = EventView::parse(0, raw).unwrap();
+        Renderer::new(config, "node 1").render(raw, &view, "2000-01-01T00:00:00Z")
+    }
+
+    #[test]
+    fn header_fields() {
+        let json = r#"{"auditID":"id-1","stage":"ResponseComplete","verb":"create","user":{"username":"a\"]b"},"responseStatus":{"code":201},"stageTimestamp":"2023-06-13T09:31:06.123456Z"}"#;
+        let out = render(&SyslogConfig::default(), json).unwrap();
+        let text = String::from_utf8(out.message).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "<109>1 2023-06-13T09:31:06.123456Z node_1 kube-apiserver - ResponseComplete - {{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",{}",
+                &json[1..]
+            )
+        );
+        let config = SyslogConfig {
+            enterprise_id: Some(32473),
+            bom: true,
+            ..SyslogConfig::default()
+        };
+        let text = String::from_utf8(render(&config, json).unwrap().message).unwrap();
+        assert!(
+            text.contains(r#" ResponseComplete [k8saudit@32473 auditID="id-1" verb="create" user="a\"\]b" code="201"] ﻿{"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn severities() {
+        let sev = |json: &str| {
+            let raw: &RawValue = serde_json::from_str(json).unwrap();
+            severity(&EventView::parse(0, raw).unwrap())
+        };
+        assert_eq!(
+            sev(r#"{"auditID":"a","stage":"Panic","responseStatus":{"code":200}}"#),
+            2
+        );
+        assert_eq!(
+            sev(r#"{"auditID":"a","stage":"S","responseStatus":{"code":503}}"#),
+            3
+        );
+        assert_eq!(
+            sev(r#"{"auditID":"a","stage":"S","responseStatus":{"code":403}}"#),
+            4
+        );
+        assert_eq!(
+            sev(r#"{"auditID":"a","stage":"S","responseStatus":{"code":404},"verb":"get"}"#),
+            5
+        );
+        assert_eq!(sev(r#"{"auditID":"a","stage":"S","verb":"patch"}"#), 5);
+        assert_eq!(
+            sev(r#"{"auditID":"a","stage":"S","verb":"list","responseStatus":{"code":200}}"#),
+            6
+        );
+    }
+
+    #[test]
+    fn timestamp_fallbacks() {
+        let text = |json: &str| {
+            String::from_utf8(render(&SyslogConfig::default(), json).unwrap().message).unwrap()
+        };
+        assert!(text(r#"{"auditID":"a","stage":"S","stageTimestamp":"bad","requestReceivedTimestamp":"2020-01-01T00:00:00.5Z"}"#)
+            .starts_with("<110>1 2020-01-01T00:00:00.5Z "));
+        assert!(
+            text(r#"{"auditID":"a","stage":"S","timestamp":"2018-10-25T13:58:49Z"}"#)
+                .starts_with("<110>1 2018-10-25T13:58:49Z ")
+        );
+        assert!(text(r#"{"auditID":"a","stage":"S"}"#).starts_with("<110>1 2000-01-01T00:00:00Z "));
+    }
+
+    #[test]
+    fn too_large_is_truncated_then_dropped() {
+        let config = SyslogConfig {
+            max_message_bytes: ByteSize(480),
+            ..SyslogConfig::default()
+        };
+        let big = "x".repeat(600);
+        let json = format!(r#"{{"auditID":"a","stage":"S","requestObject":{{"data":"{big}"}}}}"#);
+        let out = render(&config, &json).unwrap();
+        assert!(out.truncated);
+        assert!(
+            String::from_utf8(out.message)
+                .unwrap()
+                .ends_with(r#""annotations":{"audit.k8s.io/truncated":"true"}}"#)
+        );
+        let json = format!(r#"{{"auditID":"a","stage":"S","verb":"{big}"}}"#);
+        assert_eq!(render(&config, &json).unwrap_err().audit_id, "a");
+    }
+}
