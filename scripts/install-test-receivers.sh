@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs the real syslog receivers the interop tests run against:
+#   - rsyslog with its OpenSSL TLS driver, from Debian's packages (apt-get install);
+#   - syslog-ng, unpacked privately into target/test-receivers/syslog-ng, because Debian's
+#     syslog-ng-core conflicts with rsyslog as a package (its library dependencies do not).
+# Prints the environment the tests read (KAR_RSYSLOGD, KAR_SYSLOG_NG, ...) as `export` lines.
+# Needs root (or sudo) for apt-get. Never starts or reconfigures a system logger.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest=$root/target/test-receivers
+log=$dest/install.log
+mkdir -p "$dest"
+: > "$log"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
+  else echo "install-test-receivers: need root or sudo for: $*" >&2; return 1; fi
+}
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-test-receivers: apt-get not found; install rsyslog (with rsyslog-openssl) and syslog-ng yourself" >&2
+  exit 1
+fi
+
+need_update=1
+apt_update() {
+  if [ $need_update = 1 ]; then
+    as_root apt-get update -q >>"$log" 2>&1
+    need_update=0
+  fi
+}
+
+# rsyslog + TLS driver (system package; the tests run it with their own config and pid file).
+if ! { [ -x /usr/sbin/rsyslogd ] && ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1; }; then
+  apt_update
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends rsyslog rsyslog-openssl >>"$log" 2>&1 \
+    || { echo "install-test-receivers: apt-get install rsyslog rsyslog-openssl failed (see $log)" >&2; exit 1; }
+fi
+# Installing rsyslog may start the system service on hosts with an init system; the tests
+# never use it, and on containers without one nothing was started.
+
+# syslog-ng, private copy.
+sng=$dest/syslog-ng
+if [ ! -x "$sng/usr/sbin/syslog-ng" ]; then
+  apt_update
+  rm -rf "$sng" "$dest/debs"
+  mkdir -p "$sng" "$dest/debs"
+  (cd "$dest/debs" && apt-get download syslog-ng-core >>"$log" 2>&1) \
+    || { echo "install-test-receivers: apt-get download syslog-ng-core failed (see $log)" >&2; exit 1; }
+  for deb in "$dest"/debs/*.deb; do dpkg-deb -x "$deb" "$sng"; done
+  missing=()
+  for deb in "$dest"/debs/*.deb; do
+    deps=$(dpkg-deb -f "$deb" Depends 2>/dev/null || true)
+    for p in $(echo "$deps" | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/:any//' | tr -d ' '); do
+      case "$p" in ""|syslog-ng*|sysvinit-utils|lsb-base) continue ;; esac
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+    done
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}" >>"$log" 2>&1 \
+      || { echo "install-test-receivers: could not install ${missing[*]} (see $log)" >&2; exit 1; }
+  fi
+fi
+modpath=$(ls -d "$sng"/usr/lib/syslog-ng/[0-9]* 2>/dev/null | sort -V | tail -1)
+
+echo "export KAR_RSYSLOGD=/usr/sbin/rsyslogd"
+echo "export KAR_SYSLOG_NG=$sng/usr/sbin/syslog-ng"
+echo "export KAR_SYSLOG_NG_MODULE_PATH=$modpath"
+echo "export KAR_SYSLOG_NG_LIB_PATH=$sng/usr/lib/syslog-ng"

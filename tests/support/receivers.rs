@@ -1,0 +1,301 @@
+//! Real syslog receivers: private rsyslog and syslog-ng instances with their own config,
+//! work directory and pid, writing what they parsed as JSON lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{cert, free_port, missing_receiver, signal, wait_until};
+
+/// A message as a receiver parsed it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Received {
+    pub listener: String,
+    pub pri: u32,
+    pub timestamp: String,
+    pub hostname: String,
+    pub appname: String,
+    #[serde(default)]
+    pub procid: String,
+    pub msgid: String,
+    #[serde(default)]
+    pub sd: String,
+    pub msg: String,
+}
+
+/// Client-certificate policy of a receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAuth {
+    None,
+    Required,
+}
+
+/// A running receiver process.
+pub struct Receiver {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    /// TLS listener (octet-counted).
+    pub tls_port: u16,
+    /// Plain TCP listener (octet-counted; rsyslog also auto-detects LF).
+    pub tcp_port: u16,
+    /// syslog-ng only: LF-framed `network()` listener.
+    pub lf_port: Option<u16>,
+    pub kind: &'static str,
+    start: Box<dyn Fn(&Path) -> std::io::Result<Child> + Send>,
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+impl Receiver {
+    /// A private rsyslog, or `None` (after the skip/fail rule) when rsyslogd is missing.
+    pub fn rsyslog(auth: PeerAuth) -> Option<Receiver> {
+        let bin = std::env::var("KAR_RSYSLOGD").unwrap_or_else(|_| "/usr/sbin/rsyslogd".into());
+        let has_tls = std::fs::read_dir("/usr/lib")
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("rsyslog/lmnsd_ossl.so").exists());
+        if !Path::new(&bin).exists() || !has_tls {
+            missing_receiver("rsyslogd with the rsyslog-openssl TLS driver");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (tls_port, tcp_port) = (free_port(), free_port());
+        let d = dir.path().display().to_string();
+        let authmode = if auth == PeerAuth::Required {
+            "x509/certvalid"
+        } else {
+            "anon"
+        };
+        let conf = format!(
+            r#"global(workDirectory="{d}/work" maxMessageSize="4m" net.enableDNS="off" processInternalMessages="on"
+  defaultNetstreamDriverCAFile="{ca}" defaultNetstreamDriverCertFile="{crt}" defaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp" maxSessions="100")
+template(name="fieldsjson" type="string"
+  string="{{\"listener\":\"%$.listener%\",\"pri\":%pri%,\"timestamp\":\"%timereported:::date-rfc3339%\",\"hostname\":\"%hostname:::json%\",\"appname\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"msgid\":\"%msgid:::json%\",\"sd\":\"%structured-data:::json%\",\"msg\":\"%msg:::json%\"}}\n")
+template(name="raw" type="string" string="%rawmsg%\n")
+ruleset(name="from_tls") {{ set $.listener = "tls"; action(type="omfile" file="{d}/messages.jsonl" template="fieldsjson") action(type="omfile" file="{d}/raw.log" template="raw") }}
+ruleset(name="from_tcp") {{ set $.listener = "tcp"; action(type="omfile" file="{d}/messages.jsonl" template="fieldsjson") action(type="omfile" file="{d}/raw.log" template="raw") }}
+action(type="omfile" file="{d}/internal.log")
+input(type="imtcp" name="tls" address="127.0.0.1" port="{tls_port}" ruleset="from_tls" maxFrameSize="200000000"
+      streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="{authmode}")
+input(type="imtcp" name="tcp" address="127.0.0.1" port="{tcp_port}" ruleset="from_tcp" maxFrameSize="200000000"
+      streamDriver.name="ptcp" streamDriver.mode="0")
+"#,
+            ca = cert("ca.crt"),
+            crt = cert("server.crt"),
+            key = cert("server.key"),
+        );
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        std::fs::write(dir.path().join("rsyslog.conf"), conf).unwrap();
+        let start = move |dir: &Path| {
+            Command::new(&bin)
+                .arg("-n")
+                .arg("-f")
+                .arg(dir.join("rsyslog.conf"))
+                .arg("-i")
+                .arg(dir.join("rsyslogd.pid"))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("rsyslogd.out"))?)
+                .stderr(Stdio::inherit())
+                .spawn()
+        };
+        let mut r = Receiver {
+            child: None,
+            dir,
+            tls_port,
+            tcp_port,
+            lf_port: None,
+            kind: "rsyslog",
+            start: Box::new(start),
+        };
+        r.restart();
+        Some(r)
+    }
+
+    /// A private syslog-ng, or `None` (after the skip/fail rule) when it is missing.
+    pub fn syslog_ng(auth: PeerAuth) -> Option<Receiver> {
+        let bin = std::env::var("KAR_SYSLOG_NG").ok().or_else(|| {
+            ["/usr/sbin/syslog-ng", "/usr/local/sbin/syslog-ng"]
+                .iter()
+                .find(|p| Path::new(p).exists())
+                .map(|p| (*p).to_owned())
+        });
+        let Some(bin) = bin.filter(|b| Path::new(b).exists()) else {
+            missing_receiver("syslog-ng");
+            return None;
+        };
+        let module_path = std::env::var("KAR_SYSLOG_NG_MODULE_PATH").ok();
+        let lib_path = std::env::var("KAR_SYSLOG_NG_LIB_PATH").ok();
+        let dir = tempfile::tempdir().unwrap();
+        let (tls_port, tcp_port, lf_port) = (free_port(), free_port(), free_port());
+        let d = dir.path().display().to_string();
+        let verify = if auth == PeerAuth::Required {
+            "required-trusted"
+        } else {
+            "optional-untrusted"
+        };
+        let conf = format!(
+            r#"@version: 3.35
+options {{ log-msg-size(4194304); use-dns(no); dns-cache(no); keep-hostname(yes); chain-hostnames(no);
+  keep-timestamp(yes); frac-digits(6); stats-freq(0); log-fifo-size(100000); flush-lines(0); }};
+source s_internal {{ internal(); }};
+destination d_internal {{ file("{d}/internal.log"); }};
+log {{ source(s_internal); destination(d_internal); }};
+destination d_json {{
+  file("{d}/messages.jsonl"
+       template("$(format-json --scope none listener=${{.listener}} pri=int(${{PRI}}) timestamp=${{S_ISODATE}} hostname=${{HOST}} appname=${{PROGRAM}} procid=${{PID}} msgid=${{MSGID}} sd=${{SDATA}} msg=${{MSG}})\n"));
+}};
+destination d_raw {{ file("{d}/raw.log" template("${{RAWMSG}}\n")); }};
+source s_tls {{ syslog(ip("127.0.0.1") port({tls_port}) transport("tls") max-connections(100) log-iw-size(100000) flags(store-raw-message)
+  tls(key-file("{key}") cert-file("{crt}") ca-file("{ca}") peer-verify({verify}))); }};
+log {{ source(s_tls); rewrite {{ set("tls" value(".listener")); }}; destination(d_json); destination(d_raw); flags(flow-control); }};
+source s_tcp {{ syslog(ip("127.0.0.1") port({tcp_port}) transport("tcp") max-connections(100) log-iw-size(100000) flags(store-raw-message)); }};
+log {{ source(s_tcp); rewrite {{ set("tcp" value(".listener")); }}; destination(d_json); destination(d_raw); flags(flow-control); }};
+source s_lf {{ network(ip("127.0.0.1") port({lf_port}) transport("tcp") max-connections(100) log-iw-size(100000) flags(syslog-protocol, store-raw-message)); }};
+log {{ source(s_lf); rewrite {{ set("lf" value(".listener")); }}; destination(d_json); destination(d_raw); flags(flow-control); }};
+"#,
+            ca = cert("ca.crt"),
+            crt = cert("server.crt"),
+            key = cert("server.key"),
+        );
+        std::fs::write(dir.path().join("syslog-ng.conf"), conf).unwrap();
+        let start = move |dir: &Path| {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-F")
+                .arg("-f")
+                .arg(dir.join("syslog-ng.conf"))
+                .arg("-p")
+                .arg(dir.join("syslog-ng.pid"))
+                .arg("-R")
+                .arg(dir.join("syslog-ng.persist"))
+                .arg("-c")
+                .arg(dir.join("syslog-ng.ctl"))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("syslog-ng.out"))?)
+                .stderr(Stdio::inherit());
+            if let Some(m) = &module_path {
+                cmd.arg(format!("--module-path={m}"));
+            }
+            if let Some(l) = &lib_path {
+                cmd.env("LD_LIBRARY_PATH", l);
+            }
+            cmd.spawn()
+        };
+        let mut r = Receiver {
+            child: None,
+            dir,
+            tls_port,
+            tcp_port,
+            lf_port: Some(lf_port),
+            kind: "syslog-ng",
+            start: Box::new(start),
+        };
+        r.restart();
+        Some(r)
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        let mut p = vec![self.tls_port, self.tcp_port];
+        p.extend(self.lf_port);
+        p
+    }
+
+    /// Starts (again) on the same ports and files.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = (self.start)(self.dir.path()).unwrap();
+        self.child = Some(child);
+        let ports = self.ports();
+        let up = wait_until(Duration::from_secs(20), || {
+            ports.iter().all(|p| port_open(*p))
+                || self
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .is_some()
+        });
+        if !up || !ports.iter().all(|p| port_open(*p)) {
+            let out = std::fs::read_to_string(self.dir.path().join(format!(
+                "{}.out",
+                if self.kind == "rsyslog" {
+                    "rsyslogd"
+                } else {
+                    "syslog-ng"
+                }
+            )))
+            .unwrap_or_default();
+            panic!("{} did not start listening on {ports:?}: {out}", self.kind);
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9` the receiver (connections are reset, nothing flushed).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Orderly stop (SIGTERM), so that everything received is written out.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            if !wait_until(Duration::from_secs(10), || {
+                c.try_wait().ok().flatten().is_some()
+            }) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Parsed messages so far.
+    pub fn messages(&self) -> Vec<Received> {
+        std::fs::read_to_string(self.path("messages.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{} wrote unparsable JSON ({e}): {l}", self.kind))
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` messages arrived (or the timeout), then returns them.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        wait_until(timeout, || self.line_count() >= n);
+        self.messages()
+    }
+
+    fn line_count(&self) -> usize {
+        std::fs::read(self.path("messages.jsonl"))
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0)
+    }
+
+    pub fn internal_log(&self) -> String {
+        std::fs::read_to_string(self.path("internal.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
