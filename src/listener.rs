@@ -130,7 +130,9 @@ async fn serve_connection(
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        tracing::warn!(%peer, reason = %e, "TLS handshake refused");
+                        // rustls reports a plain-text request as a record of an invalid type.
+                        let hint = if e.to_string().contains("InvalidContentType") { " (plain HTTP sent to the HTTPS port?)" } else { "" };
+                        tracing::warn!(%peer, reason = %e, "TLS handshake refused{hint}");
                         return;
                     }
                     Err(_) => {

@@ -1,0 +1,307 @@
+//! TLS on both sides, including every handshake that must fail: the relay's listener refuses
+//! untrusted clients (and logs why), and the relay refuses untrusted receivers (nothing sent,
+//! error logged, relay still serving).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use kube_audit_relay::config::Framing;
+use support::{ClientOptions, Relay, Sink, all_corpus_events, cert, eventlist, post_batch};
+
+fn mtls_relay(client_auth: &str, sink_port: u16) -> Relay {
+    Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+tls_cert = "{crt}"
+tls_key = "{key}"
+client_ca = "{ca}"
+client_auth = "{client_auth}"
+[queue]
+kind = "memory"
+[[destination]]
+name = "sink"
+url = "tcp://127.0.0.1:{sink_port}"
+"#,
+        crt = cert("server.crt"),
+        key = cert("server.key"),
+        ca = cert("ca.crt"),
+    ))
+}
+
+fn small_batch() -> Vec<u8> {
+    batch_at(0)
+}
+
+/// Three small events, starting at the `n`th: distinct batches are not deduplicated.
+fn batch_at(n: usize) -> Vec<u8> {
+    eventlist(
+        &all_corpus_events()
+            .into_iter()
+            .filter(|e| e.item.len() < 3000)
+            .skip(3 * n)
+            .take(3)
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn refused(relay: &Relay, options: ClientOptions, expect_log: &str) {
+    let before = relay
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("TLS handshake refused"))
+        .count();
+    let result = post_batch(relay.addr, &options, small_batch()).await;
+    assert!(
+        result.is_err(),
+        "request must fail, got {:?}",
+        result.map(|r| r.status)
+    );
+    let logged = support::wait_until(Duration::from_secs(5), || {
+        let logs = relay.logs.lock().unwrap();
+        let refusals: Vec<&String> = logs
+            .iter()
+            .filter(|l| l.contains("TLS handshake refused"))
+            .collect();
+        refusals.len() > before && refusals[before..].iter().any(|l| l.contains(expect_log))
+    });
+    assert!(
+        logged,
+        "expected a refusal log mentioning {expect_log:?}:\n{}",
+        relay.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_requires_a_trusted_client_certificate() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = mtls_relay("required", sink.addr.port());
+    for (n, http2) in [false, true].into_iter().enumerate() {
+        let ok = post_batch(
+            relay.addr,
+            &ClientOptions::https(Some(("client.crt", "client.key")), http2),
+            batch_at(n),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.status, 200);
+    }
+    refused(
+        &relay,
+        ClientOptions::https(None, false),
+        "peer sent no certificates",
+    )
+    .await;
+    refused(
+        &relay,
+        ClientOptions::https(Some(("other-client.crt", "other-client.key")), false),
+        "UnknownIssuer",
+    )
+    .await;
+    refused(
+        &relay,
+        ClientOptions::https(Some(("expired-client.crt", "expired-client.key")), false),
+        "certificate expired",
+    )
+    .await;
+    refused(
+        &relay,
+        ClientOptions::https(Some(("future-client.crt", "future-client.key")), false),
+        "not valid yet",
+    )
+    .await;
+    // Plain HTTP to the TLS port.
+    let plain = post_batch(relay.addr, &ClientOptions::default(), small_batch()).await;
+    assert!(
+        plain.is_err() || plain.as_ref().is_ok_and(|r| r.status != 200),
+        "plain HTTP must not be served"
+    );
+    assert!(
+        relay.wait_log("plain HTTP sent to the HTTPS port", Duration::from_secs(5)),
+        "{}",
+        relay.logs()
+    );
+    // Only the two accepted batches were relayed.
+    assert_eq!(sink.wait_for(6, Duration::from_secs(5)).len(), 6);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_client_auth_accepts_no_certificate_but_not_a_foreign_one() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = mtls_relay("optional", sink.addr.port());
+    let r = post_batch(
+        relay.addr,
+        &ClientOptions::https(None, false),
+        small_batch(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    refused(
+        &relay,
+        ClientOptions::https(Some(("other-client.crt", "other-client.key")), true),
+        "UnknownIssuer",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_does_not_trust_the_relay_fails() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = mtls_relay("required", sink.addr.port());
+    let mut options = ClientOptions::https(Some(("client.crt", "client.key")), false);
+    options.ca = Some(cert("other-ca.crt"));
+    let err = post_batch(relay.addr, &options, small_batch())
+        .await
+        .unwrap_err();
+    assert!(err.0.contains("UnknownIssuer"), "{err}");
+}
+
+/// A relay whose only destination is a TLS sink presenting `server_cert`.
+fn relay_to_tls_sink(sink_port: u16, extra: &str) -> Relay {
+    Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+[queue]
+kind = "memory"
+[[destination]]
+name = "siem"
+url = "tls://127.0.0.1:{sink_port}"
+ca = "{ca}"
+backoff_initial = "50ms"
+backoff_max = "200ms"
+{extra}
+"#,
+        ca = cert("ca.crt"),
+    ))
+}
+
+async fn outbound_refused(server_cert: &str, extra: &str, expect: &str) {
+    let sink = Sink::start(
+        Framing::Octet,
+        Some((
+            &format!("{server_cert}.crt"),
+            &format!("{server_cert}.key"),
+            None,
+        )),
+    )
+    .await;
+    let relay = relay_to_tls_sink(sink.addr.port(), extra);
+    let r = post_batch(relay.addr, &ClientOptions::default(), small_batch())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 200,
+        "the queue takes the batch while the destination is down"
+    );
+    assert!(
+        relay.wait_log(expect, Duration::from_secs(5)),
+        "expected {expect:?} in:\n{}",
+        relay.logs()
+    );
+    assert!(relay.wait_log(
+        "destination unavailable; will reconnect",
+        Duration::from_secs(5)
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.count(),
+        0,
+        "nothing may be sent to an unverified receiver"
+    );
+    // Still serving, and retrying.
+    let r = post_batch(relay.addr, &ClientOptions::default(), batch_at(1))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        sink.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the relay keeps reconnecting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_receiver_from_another_ca_is_refused() {
+    outbound_refused(
+        "other-server",
+        "server_name = \"localhost\"",
+        "UnknownIssuer",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_receiver_with_the_wrong_name_is_refused() {
+    outbound_refused("wrongname-server", "", "not valid for name").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_expired_receiver_certificate_is_refused() {
+    outbound_refused("expired-server", "", "certificate expired").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_rejecting_the_client_certificate_loses_nothing() {
+    // The sink demands a client certificate from the dev CA. First the relay presents one
+    // from another CA: with TLS 1.3 the rejection arrives after the relay's handshake is done,
+    // so the relay must notice it and keep the records queued.
+    let sink = Sink::start(
+        Framing::Octet,
+        Some(("server.crt", "server.key", Some("ca.crt"))),
+    )
+    .await;
+    let port = sink.addr.port();
+    let bad = format!(
+        "client_cert = \"{}\"\nclient_key = \"{}\"",
+        cert("other-client.crt"),
+        cert("other-client.key")
+    );
+    let relay = relay_to_tls_sink(port, &bad);
+    let batch = small_batch();
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), batch.clone())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(
+        relay.wait_log("destination unavailable", Duration::from_secs(5)),
+        "{}",
+        relay.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count(), 0);
+    assert!(
+        sink.errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("handshake")),
+        "{:?}",
+        sink.errors.lock().unwrap()
+    );
+    drop(relay);
+
+    // The same queue contents with the right certificate arrive (memory queue: re-post).
+    let good = format!(
+        "client_cert = \"{}\"\nclient_key = \"{}\"",
+        cert("client.crt"),
+        cert("client.key")
+    );
+    let relay = relay_to_tls_sink(port, &good);
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), batch)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(sink.wait_for(3, Duration::from_secs(5)).len(), 3);
+}

@@ -1,0 +1,298 @@
+//! Every answer of the webhook, against the real binary: 200 with delivery checked at a
+//! sink, and each error status with its reason; plus deduplication and truncation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use kube_audit_relay::config::Framing;
+use support::{
+    ClientOptions, Relay, Sink, all_corpus_events, audit_id_of, check_message, eventlist,
+    post_batch, request,
+};
+
+fn plain_relay(sink_port: u16, extra: &str) -> Relay {
+    Relay::start(&format!(
+        r#"cluster_name = "c1"
+{extra}
+[queue]
+kind = "memory"
+[[destination]]
+name = "sink"
+url = "tcp://127.0.0.1:{sink_port}"
+confirm_after = "50ms"
+"#
+    ))
+}
+
+fn listen(extra: &str) -> String {
+    format!("[listen]\naddress = \"127.0.0.1:0\"\npath = \"/audit\"\n{extra}")
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_batch_is_delivered_and_query_string_ignored() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = plain_relay(sink.addr.port(), &listen(""));
+    let events: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 40_000)
+        .take(40)
+        .collect();
+    let plain = ClientOptions::default();
+    let r = request(
+        relay.addr,
+        &plain,
+        "POST",
+        "/audit?timeout=30s",
+        Some("application/json; charset=utf-8"),
+        eventlist(&events),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.headers.get("content-type").is_none(),
+        "a 200 carries no content type to misparse"
+    );
+    let got = sink.wait_for(events.len(), Duration::from_secs(10));
+    assert_eq!(got.len(), events.len());
+    for (raw, event) in got.iter().zip(&events) {
+        check_message(raw, event, "c1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_statuses_with_reasons() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = plain_relay(sink.addr.port(), &listen("max_body_bytes = 4096"));
+    let plain = ClientOptions::default();
+    let one: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 2000)
+        .take(1)
+        .collect();
+    let body = eventlist(&one);
+
+    let r = request(relay.addr, &plain, "POST", "/other", JSON, body.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("/audit"), "{}", r.body);
+
+    for method in ["GET", "PUT", "DELETE"] {
+        let r = request(relay.addr, &plain, method, "/audit", JSON, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.headers["allow"], "POST");
+    }
+
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let r = request(relay.addr, &plain, "POST", "/audit", ct, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 415, "{ct:?}");
+        assert!(r.body.contains("application/json"), "{}", r.body);
+    }
+
+    let r = request(relay.addr, &plain, "POST", "/audit", JSON, vec![b' '; 5000])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    assert!(
+        relay.wait_log("--audit-webhook-truncate-enabled", Duration::from_secs(5)),
+        "413 log names the apiserver flag"
+    );
+
+    let cases: &[(&[u8], &str)] = &[
+        (b"{not json", "body is not an EventList"),
+        (b"[]", "body is not an EventList"),
+        (br#"{"kind":"EventList"}"#, "missing field `items`"),
+        (
+            br#"{"kind":"EventList","items":{}}"#,
+            "body is not an EventList",
+        ),
+        (br#"{"kind":"Pod","items":[]}"#, "kind is `Pod`"),
+        (
+            br#"{"items":[{"auditID":"a","stage":"S"},{"stage":"S"}]}"#,
+            "item 1: missing field `auditID`",
+        ),
+        (
+            br#"{"items":[{"auditID":"a"}]}"#,
+            "item 0: missing field `stage`",
+        ),
+        (br#"{"items":[7]}"#, "item 0:"),
+        (
+            b"{\"items\":[{\"auditID\":\"\xff\",\"stage\":\"S\"}]}",
+            "body is not an EventList",
+        ),
+    ];
+    for (body, reason) in cases {
+        let r = request(relay.addr, &plain, "POST", "/audit", JSON, body.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(body));
+        assert!(
+            r.body.contains(reason),
+            "{:?} should contain {reason:?}",
+            r.body
+        );
+        assert_eq!(r.body.trim_end().lines().count(), 1, "one-line reason");
+    }
+    // Nothing of the refused batches was relayed; the valid item of the half-bad batch neither.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count(), 0);
+
+    // The relay is still healthy.
+    let r = request(relay.addr, &plain, "POST", "/audit", JSON, body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(sink.wait_for(1, Duration::from_secs(5)).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_answers_503_with_retry_after() {
+    // The sink port is closed: nothing drains, the small memory queue fills up.
+    let closed_port = support::free_port();
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+retry_after_seconds = 3
+[syslog]
+max_message_bytes = 65536
+[queue]
+kind = "memory"
+max_bytes = 70000
+[[destination]]
+name = "down"
+url = "tcp://127.0.0.1:{closed_port}"
+"#
+    ));
+    let events = all_corpus_events();
+    let plain = ClientOptions::default();
+    let mut statuses = Vec::new();
+    for chunk in events.chunks(10) {
+        let r = post_batch(relay.addr, &plain, eventlist(chunk))
+            .await
+            .unwrap();
+        if r.status == 503 {
+            assert_eq!(r.headers["retry-after"], "3");
+            assert!(r.body.contains("queue full"), "{}", r.body);
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_dropped_across_and_within_requests() {
+    let sink = Sink::start(Framing::Lf, None).await;
+    let relay = Relay::start(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"s\"\nurl = \"tcp://127.0.0.1:{}\"\nframing = \"lf\"\n",
+        sink.addr.port()
+    ));
+    let events: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 20_000)
+        .take(20)
+        .collect();
+    let plain = ClientOptions::default();
+    // The apiserver resends a whole batch after a timeout; a batch may also repeat an item.
+    let mut repeated = events.clone();
+    repeated.extend(events[..5].iter().cloned());
+    for body in [eventlist(&events), eventlist(&events), eventlist(&repeated)] {
+        assert_eq!(
+            post_batch(relay.addr, &plain, body).await.unwrap().status,
+            200
+        );
+    }
+    let got = sink.wait_for(events.len(), Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_now = sink.messages.lock().unwrap().clone();
+    assert_eq!(got_now.len(), events.len(), "each (auditID, stage) once");
+    let mut ids: Vec<String> = got.iter().map(|m| audit_id_of(m)).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_events_are_truncated_by_the_apiserver_rule_or_dropped() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = plain_relay(
+        sink.addr.port(),
+        "[listen]\naddress = \"127.0.0.1:0\"\n[syslog]\nmax_message_bytes = \"8KiB\"",
+    );
+    let events = all_corpus_events();
+    let big: Vec<_> = events
+        .iter()
+        .filter(|e| e.item.len() > 20_000 && e.value.get("responseObject").is_some())
+        .take(3)
+        .cloned()
+        .collect();
+    assert!(!big.is_empty());
+    // An event that stays too big after truncation: a huge annotation.
+    let huge_annotation = format!(
+        r#"{{"auditID":"huge-1","stage":"ResponseComplete","annotations":{{"x":"{}"}}}}"#,
+        "y".repeat(20_000)
+    );
+    let mut items: Vec<String> = big.iter().map(|e| e.item.clone()).collect();
+    items.push(huge_annotation);
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        items.join(",")
+    );
+    let r = post_batch(relay.addr, &ClientOptions::default(), body.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = sink.wait_for(big.len(), Duration::from_secs(10));
+    assert_eq!(got.len(), big.len());
+    for (raw, event) in got.iter().zip(&big) {
+        assert!(raw.len() <= 8192);
+        let m = kube_audit_relay::syslog::parse_strict(raw).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.msg).unwrap();
+        assert_eq!(v["auditID"], event.audit_id.as_str());
+        assert!(v.get("responseObject").is_none() && v.get("requestObject").is_none());
+        assert_eq!(v["annotations"]["audit.k8s.io/truncated"], "true");
+        assert_eq!(v["kind"], "Event");
+    }
+    assert!(
+        relay.wait_log("huge-1", Duration::from_secs(5)),
+        "the dropped event's auditID is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pretty_printed_bodies_are_compacted() {
+    let sink = Sink::start(Framing::Lf, None).await;
+    let relay = Relay::start(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"s\"\nurl = \"tcp://127.0.0.1:{}\"\nframing = \"lf\"\n",
+        sink.addr.port()
+    ));
+    let body = b"{\n  \"kind\": \"EventList\",\n  \"items\": [\n    {\n      \"auditID\": \"p-1\",\n      \"stage\": \"ResponseComplete\",\n      \"objectRef\": { \"name\": \"a b\\n c\" }\n    }\n  ]\n}\n";
+    let r = post_batch(relay.addr, &ClientOptions::default(), body.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let got = sink.wait_for(1, Duration::from_secs(5));
+    let m = kube_audit_relay::syslog::parse_strict(&got[0]).unwrap();
+    assert_eq!(
+        std::str::from_utf8(m.msg).unwrap(),
+        r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"p-1","stage":"ResponseComplete","objectRef":{"name":"a b\n c"}}"#
+    );
+}
