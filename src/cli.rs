@@ -50,7 +50,7 @@ pub enum Command {
     },
     /// Print the kubeconfig for the apiserver's --audit-webhook-config-file.
     WebhookConfig {
-        /// URL the apiserver posts to, e.g. https://audit-relay.example:8443/
+        /// URL the apiserver posts to, e.g. `https://audit-relay.example:8443/`
         #[arg(long)]
         url: String,
         /// CA that signed the relay's server certificate.

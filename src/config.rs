@@ -586,9 +586,12 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let reason = inner.message().to_owned();
-            let line = inner
-                .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            let line = inner.span().map(|span| {
+                1 + text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+            });
             ConfigError::Invalid {
                 file: file.to_owned(),
                 key: if key == "." {
@@ -707,14 +710,15 @@ impl Config {
                 "must be at least 480 (RFC 5424 minimum)".into(),
             ));
         }
-        if let Some(name) = &self.cluster_name {
-            if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| (33..=126).contains(&b))
-            {
-                return Err(bad(
-                    "cluster_name",
-                    "must be 1 to 255 printable ASCII characters without spaces".into(),
-                ));
-            }
+        if let Some(name) = &self.cluster_name
+            && (name.is_empty()
+                || name.len() > 255
+                || !name.bytes().all(|b| (33..=126).contains(&b)))
+        {
+            return Err(bad(
+                "cluster_name",
+                "must be 1 to 255 printable ASCII characters without spaces".into(),
+            ));
         }
         if self.queue.max_bytes.0 < self.syslog.max_message_bytes.0 {
             return Err(bad(

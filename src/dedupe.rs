@@ -6,7 +6,7 @@
 //! refused with 503 must not make its own resend look like a duplicate.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 /// 128 bits of two independently keyed SipHash values: small enough for a 100 000-entry
@@ -40,11 +40,7 @@ impl Dedupe {
 
     /// The key of one event.
     pub fn key(&self, audit_id: &str, stage: &str) -> Key {
-        let half = |state: &RandomState| {
-            let mut h = state.build_hasher();
-            (audit_id, stage).hash(&mut h);
-            h.finish()
-        };
+        let half = |state: &RandomState| state.hash_one((audit_id, stage));
         (u128::from(half(&self.hashers.0)) << 64) | u128::from(half(&self.hashers.1))
     }
 

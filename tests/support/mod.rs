@@ -432,9 +432,9 @@ impl CorpusEvent {
             3
         } else if matches!(code, Some(401 | 403)) {
             4
-        } else if code.is_some_and(|c| (400..500).contains(&c)) {
-            5
-        } else if ["create", "update", "patch", "delete", "deletecollection"].contains(&verb) {
+        } else if code.is_some_and(|c| (400..500).contains(&c))
+            || ["create", "update", "patch", "delete", "deletecollection"].contains(&verb)
+        {
             5
         } else {
             6

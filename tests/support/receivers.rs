@@ -41,8 +41,11 @@ pub struct Receiver {
     /// syslog-ng only: LF-framed `network()` listener.
     pub lf_port: Option<u16>,
     pub kind: &'static str,
-    start: Box<dyn Fn(&Path) -> std::io::Result<Child> + Send>,
+    start: Box<StartFn>,
 }
+
+/// Starts the receiver process in its directory.
+type StartFn = dyn Fn(&Path) -> std::io::Result<Child> + Send;
 
 fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

@@ -1,0 +1,301 @@
+//! The command line: config checking with precise errors, the example config, `gen-certs`,
+//! `webhook-config`, and `run` on its built-in default (README command one).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kube_audit_relay::config::{ClientAuth, Config, Endpoint, Framing, QueueKind};
+use support::{ClientOptions, cert, post_batch, wait_until};
+
+fn relay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kube-audit-relay"))
+}
+
+#[test]
+fn example_config_parses_with_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The example's paths are relative to the repository root; make them absolute here
+    // rather than change the (shared) working directory of the test process.
+    let absolute = text.replace(
+        "\"certs/",
+        &format!("\"{}/certs/", env!("CARGO_MANIFEST_DIR")),
+    );
+    let config = Config::parse(&absolute, &path).unwrap();
+    assert_eq!(config.cluster_name.as_deref(), Some("prod-eu-1"));
+    assert_eq!(config.listen.effective_client_auth(), ClientAuth::Required);
+    assert_eq!(config.listen.max_body_bytes.0, 64 << 20);
+    assert_eq!(config.listen.request_timeout, Duration::from_secs(25));
+    assert_eq!(config.queue.kind, QueueKind::Disk);
+    assert_eq!(config.destinations.len(), 1);
+    let d = &config.destinations[0];
+    assert_eq!(d.framing, Framing::Octet);
+    assert_eq!(d.confirm_after, Duration::from_millis(500));
+    assert!(matches!(
+        d.endpoint().unwrap(),
+        Endpoint::Network { port: 6514, .. }
+    ));
+    // Every key of every struct appears in the example (defaults documented next to them).
+    for key in [
+        "address",
+        "path",
+        "tls_cert",
+        "tls_key",
+        "client_ca",
+        "client_auth",
+        "max_body_bytes",
+        "max_header_bytes",
+        "max_connections",
+        "max_streams_per_connection",
+        "tls_handshake_timeout",
+        "header_read_timeout",
+        "request_timeout",
+        "retry_after_seconds",
+        "facility",
+        "app_name",
+        "enterprise_id",
+        "bom",
+        "max_message_bytes",
+        "kind",
+        "data_dir",
+        "max_bytes",
+        "segment_bytes",
+        "max_entries",
+        "drain_timeout",
+        "name",
+        "url",
+        "ca",
+        "client_cert",
+        "client_key",
+        "server_name",
+        "framing",
+        "connect_timeout",
+        "write_timeout",
+        "backoff_initial",
+        "backoff_max",
+        "confirm_after",
+        "batch_bytes",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} ="))),
+            "{key} undocumented"
+        );
+    }
+}
+
+#[test]
+fn check_config_reports_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let cases = [
+        (
+            "[listen]\naddres = \"127.0.0.1:1\"\n",
+            "key `listen.addres`",
+            "unknown field `addres`, expected one of `address`",
+        ),
+        (
+            "[listen]\naddress = \"127.0.0.1:1\"\nmax_body_bytes = true\n",
+            "key `listen.max_body_bytes`",
+            "(line 3)",
+        ),
+        (
+            "[listen]\naddress = \"localhost\"\n",
+            "key `listen.address`",
+            "invalid socket address",
+        ),
+        (
+            "[listen]\nclient_auth = \"sometimes\"\n",
+            "key `listen.client_auth`",
+            "unknown variant `sometimes`",
+        ),
+        (
+            "[listen]\nrequest_timeout = \"45s\"\n",
+            "key `listen.request_timeout`",
+            "below 30s",
+        ),
+        (
+            "[listen]\ntls_cert = \"/nonexistent.crt\"\ntls_key = \"/nonexistent.key\"\n",
+            "key `listen.tls_cert`",
+            "/nonexistent.crt",
+        ),
+        (
+            "[[destination]]\nname = \"a\"\nurl = \"tls://h\"\n",
+            "key `destination[0].url`",
+            "has no port",
+        ),
+        (
+            "[[destination]]\nname = \"a\"\nurl = \"tcp://h:1\"\nframing = \"cr\"\n",
+            "key `destination[0].framing`",
+            "unknown variant `cr`",
+        ),
+        (
+            "[syslog]\nfacility = 24\n",
+            "key `syslog.facility`",
+            "not a facility",
+        ),
+        (
+            "[queue]\nmax_bytes = \"1TiB\"\n",
+            "key `queue.max_bytes`",
+            "unknown size unit",
+        ),
+    ];
+    for (text, key, reason) in cases {
+        std::fs::write(&file, text).unwrap();
+        let out = relay().arg("check-config").arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "{text}: {stderr}"
+        );
+        assert!(stderr.contains(key), "{text}: want {key}: {stderr}");
+        assert!(stderr.contains(reason), "{text}: want {reason}: {stderr}");
+    }
+    // `run` refuses the same way at start-up.
+    std::fs::write(&file, "[listen]\naddres = \"x\"\n").unwrap();
+    let out = relay()
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `addres`"));
+}
+
+#[test]
+fn gen_certs_writes_a_working_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = relay().arg("gen-certs").arg(dir.path()).status().unwrap();
+    assert!(status.success());
+    for f in [
+        "ca.crt",
+        "server.crt",
+        "server.key",
+        "client.crt",
+        "client.key",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.path().join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // The generated files work as a listener configuration.
+    let toml = format!(
+        "[listen]\ntls_cert = \"{0}/server.crt\"\ntls_key = \"{0}/server.key\"\nclient_ca = \"{0}/ca.crt\"\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&toml, Path::new("gen.toml")).unwrap();
+    assert!(
+        kube_audit_relay::tls::server_config(&config.listen)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn webhook_config_inlines_certificates() {
+    let out = relay()
+        .args(["webhook-config", "--url", "https://relay.example:8443/"])
+        .args([
+            "--ca",
+            &cert("ca.crt"),
+            "--client-cert",
+            &cert("client.crt"),
+            "--client-key",
+            &cert("client.key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("server: \"https://relay.example:8443/\""),
+        "{text}"
+    );
+    use base64::Engine;
+    let decode = |key: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap();
+        let b64 = line.split_once(": ").unwrap().1;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    assert_eq!(
+        decode("certificate-authority-data"),
+        std::fs::read(cert("ca.crt")).unwrap()
+    );
+    assert_eq!(
+        decode("client-certificate-data"),
+        std::fs::read(cert("client.crt")).unwrap()
+    );
+    assert_eq!(
+        decode("client-key-data"),
+        std::fs::read(cert("client.key")).unwrap()
+    );
+    assert!(text.contains("current-context: default"));
+}
+
+/// README command one: `run` with no config serves plain HTTP on 127.0.0.1:8080 and prints
+/// events on stdout. Skipped quietly if something else already holds port 8080.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_config_prints_events_to_stdout() {
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err() {
+        eprintln!("SKIPPED: port 8080 is in use");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let child = relay()
+        .arg("run")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = "127.0.0.1:8080".parse().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    }));
+    let body = std::fs::read(support::data_file(
+        "real-apiserver-v1.20.2-metadata-001.json",
+    ))
+    .unwrap();
+    let r = post_batch(addr, &ClientOptions::default(), body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    support::signal(child.id(), "TERM");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "exit 0 after SIGTERM");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout.lines().next().unwrap();
+    let m = kube_audit_relay::syslog::parse_strict(line.as_bytes()).unwrap();
+    assert_eq!(m.msgid, "RequestReceived");
+    assert!(
+        std::str::from_utf8(m.msg)
+            .unwrap()
+            .starts_with(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata""#)
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "the default run writes nothing to the working directory"
+    );
+}
