@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, with the real syslog receivers the interop and fault tests need.
+# Where apt-get and root (or sudo) are available, rsyslog and syslog-ng are installed first
+# (scripts/install-test-receivers.sh) and the interop tests are required: a missing receiver
+# fails them instead of skipping. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+  env_lines=$(scripts/install-test-receivers.sh)
+  eval "$env_lines"
+  export KAR_REQUIRE_INTEROP=1
+else
+  echo "test.sh: cannot install the test receivers here (needs apt-get and root);" \
+       "interop tests skip unless rsyslog and syslog-ng are on this machine" >&2
+fi
+
+cargo test --locked "$@"
