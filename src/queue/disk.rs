@@ -297,6 +297,8 @@ struct Writer {
 
 struct ActiveSegment {
     id: u64,
+    /// Sequence number of the segment's first record.
+    first_seq: u64,
     out: BufWriter<File>,
     len: u64,
 }
@@ -329,9 +331,14 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
-        let start = (self.file.id, self.file.len, self.shared.lock().durable);
+        let start = (
+            self.file.id,
+            self.file.first_seq,
+            self.file.len,
+            self.shared.lock().durable,
+        );
         let mut accepted = Vec::with_capacity(group.len());
-        let mut result: Result<Position, io::Error> = Ok(start.2);
+        let mut result: Result<Position, io::Error> = Ok(start.3);
         let mut stored = self.shared.lock().bytes;
         let mut rolled = Vec::new();
         for (records, reply) in group.drain(..) {
@@ -350,7 +357,7 @@ impl Writer {
             }
             if let Ok(end) = &mut result {
                 match self.write_records(&records, end, &mut rolled) {
-                    Ok(()) => stored += incoming,
+                    Ok(written) => stored += written,
                     Err(e) => result = Err(e),
                 }
             }
@@ -371,14 +378,10 @@ impl Writer {
                     for (id, seg) in rolled {
                         s.segments.insert(id, seg);
                     }
-                    let first_seq = s
-                        .segments
-                        .get(&self.file.id)
-                        .map_or(end.seq, |g| g.first_seq);
                     s.segments.insert(
                         self.file.id,
                         Segment {
-                            first_seq,
+                            first_seq: self.file.first_seq,
                             len: self.file.len,
                         },
                     );
@@ -392,7 +395,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "queue write failed; the batch is refused with 503");
-                self.roll_back(start.0, start.1, &rolled);
+                self.roll_back(start.0, start.1, start.2, &rolled);
                 for reply in accepted {
                     let _ =
                         reply.send(Err(QueueError::Io(io::Error::new(e.kind(), e.to_string()))));
@@ -402,12 +405,14 @@ impl Writer {
     }
 
     /// Writes records after `end`, starting a new segment when the active one is full.
+    /// Returns the bytes added to the queue's files (records and new segment headers).
     fn write_records(
         &mut self,
         records: &[Bytes],
         end: &mut Position,
         rolled: &mut Vec<(u64, Segment)>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
+        let mut written = 0;
         for record in records {
             let len = record.len() as u64;
             if self.file.len > SEGMENT_HEADER
@@ -415,16 +420,10 @@ impl Writer {
             {
                 self.file.out.flush()?;
                 self.file.out.get_ref().sync_data()?;
-                let first_seq = self
-                    .shared
-                    .lock()
-                    .segments
-                    .get(&self.file.id)
-                    .map_or(end.seq, |s| s.first_seq);
                 rolled.push((
                     self.file.id,
                     Segment {
-                        first_seq,
+                        first_seq: self.file.first_seq,
                         len: self.file.len,
                     },
                 ));
@@ -436,6 +435,7 @@ impl Writer {
                         len: SEGMENT_HEADER,
                     },
                 ));
+                written += SEGMENT_HEADER;
             }
             let len32 = u32::try_from(len).map_err(|_| io::Error::other("record above 4 GiB"))?;
             self.file.out.write_all(&len32.to_le_bytes())?;
@@ -444,18 +444,19 @@ impl Writer {
                 .write_all(&crc32c::crc32c(record).to_le_bytes())?;
             self.file.out.write_all(record)?;
             self.file.len += RECORD_HEADER + len;
+            written += RECORD_HEADER + len;
             *end = Position {
                 seq: end.seq + 1,
                 segment: self.file.id,
                 offset: self.file.len,
             };
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Undoes a failed group: the active segment is cut back to its last durable length so
     /// that nothing unacknowledged is ever read or recovered.
-    fn roll_back(&mut self, id: u64, len: u64, rolled: &[(u64, Segment)]) {
+    fn roll_back(&mut self, id: u64, first_seq: u64, len: u64, rolled: &[(u64, Segment)]) {
         let undo = || -> io::Result<ActiveSegment> {
             for (new_id, _) in rolled.iter().filter(|(i, _)| *i != id) {
                 let _ = fs::remove_file(segment_path(&self.shared.dir, *new_id));
@@ -467,7 +468,12 @@ impl Writer {
             file.sync_all()?;
             let mut out = BufWriter::with_capacity(1 << 16, file);
             out.seek(SeekFrom::Start(len))?;
-            Ok(ActiveSegment { id, out, len })
+            Ok(ActiveSegment {
+                id,
+                first_seq,
+                out,
+                len,
+            })
         };
         match undo() {
             Ok(active) => {
@@ -499,6 +505,7 @@ fn create_segment(dir: &Path, id: u64, first_seq: u64) -> io::Result<ActiveSegme
     File::open(dir)?.sync_all()?;
     Ok(ActiveSegment {
         id,
+        first_seq,
         out,
         len: SEGMENT_HEADER,
     })
@@ -647,6 +654,7 @@ fn recover(dir: &Path, names: &[String]) -> Result<(Shared, File, ActiveSegment)
             out.seek(SeekFrom::Start(seg.len))?;
             ActiveSegment {
                 id,
+                first_seq: seg.first_seq,
                 out,
                 len: seg.len,
             }
@@ -920,5 +928,264 @@ impl DiskReader {
             .durable
             .seq
             .saturating_sub(self.committed.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{ByteSize, QueueKind};
+    use crate::queue::{Backend, Queue, QueueError, Reader};
+
+    fn config(dir: &Path, max_bytes: u64, segment_bytes: u64) -> QueueConfig {
+        QueueConfig {
+            kind: QueueKind::Disk,
+            data_dir: dir.to_owned(),
+            max_bytes: ByteSize(max_bytes),
+            segment_bytes: ByteSize(segment_bytes),
+        }
+    }
+
+    async fn open(dir: &Path, names: &[&str]) -> Queue {
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        Queue::open(&config(dir, 1 << 20, 4096), &names)
+            .await
+            .unwrap()
+    }
+
+    fn records(prefix: &str, n: usize) -> Vec<Bytes> {
+        (0..n)
+            .map(|i| Bytes::from(format!("{prefix}-{i:04}-{}", "x".repeat(100))))
+            .collect()
+    }
+
+    /// Reads everything available now (waits at most 200 ms for the first record).
+    async fn drain(reader: &mut Reader) -> (Vec<String>, Option<Position>) {
+        let mut out = Vec::new();
+        let mut last = None;
+        loop {
+            let mut batch = Vec::new();
+            match tokio::time::timeout(
+                Duration::from_millis(200),
+                reader.next_batch(1000, &mut batch),
+            )
+            .await
+            {
+                Ok(Ok(p)) => {
+                    last = Some(p);
+                    out.extend(
+                        batch
+                            .iter()
+                            .map(|b| String::from_utf8_lossy(b).into_owned()),
+                    );
+                }
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => return (out, last),
+            }
+        }
+    }
+
+    fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+        range
+            .map(|i| format!("{prefix}-{i:04}-{}", "x".repeat(100)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_resumes_at_the_committed_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), &["a", "b"]).await;
+        q.append(records("r", 100)).await.unwrap();
+        let mut a = q.reader(0);
+        let (got, _) = drain(&mut a).await;
+        assert_eq!(got.len(), 100);
+        assert!(got == names("r", 0..100));
+        // Commit the first 40 for `a`: read 40 from a fresh reader and commit that point.
+        let mut a2 = q.reader(0);
+        let mut batch = Vec::new();
+        let mut pos = Position::default();
+        while batch.len() < 40 {
+            let mut b = Vec::new();
+            pos = a2.next_batch(1, &mut b).await.unwrap();
+            batch.extend(b);
+        }
+        a2.commit(pos);
+        q.close().await;
+        drop(q);
+
+        let q = open(dir.path(), &["a", "b"]).await;
+        let (got_a, _) = drain(&mut q.reader(0)).await;
+        assert_eq!(got_a.len(), 60);
+        assert!(got_a == names("r", 40..100), "a resumes after its commit");
+        let (got_b, _) = drain(&mut q.reader(1)).await;
+        assert!(got_b == names("r", 0..100), "b committed nothing");
+        assert!(q.stats().bytes > 0);
+    }
+
+    #[tokio::test]
+    async fn segments_roll_and_are_deleted_once_every_destination_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), &["a", "b"]).await;
+        for i in 0..10 {
+            q.append(records(&format!("s{i}"), 20)).await.unwrap();
+        }
+        let segments = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "seg")
+                })
+                .count()
+        };
+        assert!(segments() > 3, "4 KiB segments roll: {}", segments());
+        let before = q.stats().bytes;
+        let (mut a, mut b) = (q.reader(0), q.reader(1));
+        let (got, end_a) = drain(&mut a).await;
+        assert_eq!(got.len(), 200);
+        a.commit(end_a.unwrap());
+        assert!(segments() > 3, "b still needs them");
+        let (_, end_b) = drain(&mut b).await;
+        b.commit(end_b.unwrap());
+        assert_eq!(segments(), 1, "only the active segment is left");
+        assert!(q.stats().bytes < before / 4);
+    }
+
+    #[tokio::test]
+    async fn full_queue_refuses_whole_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), 5000, 4096), &["a".to_owned()])
+            .await
+            .unwrap();
+        q.append(records("ok", 30)).await.unwrap();
+        let err = q.append(records("no", 20)).await.unwrap_err();
+        assert!(matches!(err, QueueError::Full { .. }), "{err}");
+        let (got, _) = drain(&mut q.reader(0)).await;
+        assert_eq!(
+            got,
+            names("ok", 0..30),
+            "nothing of the refused batch is stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _q = open(dir.path(), &["a"]).await;
+        let err = Queue::open(&config(dir.path(), 1 << 20, 4096), &["a".to_owned()])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+    }
+
+    fn newest_segment(dir: &Path) -> PathBuf {
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        segs.sort();
+        segs.pop().unwrap()
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(&config(dir.path(), 1 << 20, 1 << 20), &["a".to_owned()])
+                .await
+                .unwrap();
+            q.append(records("t", 5)).await.unwrap();
+            q.close().await;
+        }
+        let seg = newest_segment(dir.path());
+        let good_len = std::fs::metadata(&seg).unwrap().len();
+        // A half-written record: a header announcing 500 bytes, then 10 bytes.
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&500u32.to_le_bytes()).unwrap();
+        f.write_all(&[0u8; 14]).unwrap();
+        drop(f);
+        let q = Queue::open(&config(dir.path(), 1 << 20, 1 << 20), &["a".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+        q.append(records("after", 2)).await.unwrap();
+        let (got, _) = drain(&mut q.reader(0)).await;
+        let mut want = names("t", 0..5);
+        want.extend(names("after", 0..2));
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn bad_crc_at_the_tail_is_torn_and_in_the_middle_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(&config(dir.path(), 1 << 20, 1 << 20), &["a".to_owned()])
+                .await
+                .unwrap();
+            q.append(records("c", 5)).await.unwrap();
+            q.close().await;
+        }
+        let seg = newest_segment(dir.path());
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let record = RECORD_HEADER as usize + records("c", 1)[0].len();
+        let header = SEGMENT_HEADER as usize;
+        bytes[header + record + 20] ^= 0xff; // record 1: middle
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0xff; // record 4: the tail
+        std::fs::write(&seg, &bytes).unwrap();
+        let q = Queue::open(&config(dir.path(), 1 << 20, 1 << 20), &["a".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len() as usize,
+            bytes.len() - record,
+            "the torn tail record is cut"
+        );
+        let (got, _) = drain(&mut q.reader(0)).await;
+        assert_eq!(
+            got,
+            vec![
+                names("c", 0..1)[0].clone(),
+                names("c", 2..3)[0].clone(),
+                names("c", 3..4)[0].clone()
+            ]
+        );
+        let Backend::Disk(disk) = &*q.0 else {
+            panic!("disk queue")
+        };
+        assert_eq!(disk.skipped_records(), 1);
+    }
+
+    #[tokio::test]
+    async fn cursor_into_a_deleted_segment_resumes_at_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path().join("cursor-a"), "v1 1 16 0\n").unwrap();
+        std::fs::write(dir.path().join("cursor-b"), "garbage").unwrap();
+        let q = open(dir.path(), &["a", "b"]).await;
+        q.append(records("n", 3)).await.unwrap();
+        assert_eq!(drain(&mut q.reader(0)).await.0.len(), 3);
+        assert_eq!(drain(&mut q.reader(1)).await.0.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("queue");
+        let _q = open(&data, &["a"]).await;
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }

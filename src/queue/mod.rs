@@ -63,10 +63,10 @@ pub struct QueueStats {
 
 /// The queue, cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Queue(Arc<Backend>);
+pub struct Queue(pub(crate) Arc<Backend>);
 
 #[derive(Debug)]
-enum Backend {
+pub(crate) enum Backend {
     Memory(MemoryQueue),
     Disk(DiskQueue),
 }
