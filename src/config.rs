@@ -197,7 +197,7 @@ pub struct QueueConfig {
     pub data_dir: PathBuf,
     /// Stored bytes at most; above it requests get 503. Default 1 GiB.
     pub max_bytes: ByteSize,
-    /// Size at which a new segment file is started. Default 64 MiB.
+    /// Size at which a new segment file is started, at most `max_bytes / 8`. Default 64 MiB.
     pub segment_bytes: ByteSize,
 }
 

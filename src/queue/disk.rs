@@ -20,9 +20,9 @@
 //! * Readers never read past the durable end, so a sender never ships a record that a crash
 //!   could still take back.
 //! * A segment is deleted only when every destination has committed past it. Cursors are
-//!   persisted about once a second, so after a crash a destination may resume before a
+//!   persisted every 250 ms, so after a crash a destination may resume before a
 //!   deleted segment: it then resumes at the oldest segment (the deleted records were
-//!   delivered) and may repeat up to a second of records (at least once, never lost).
+//!   delivered) and may repeat the records of the last 250 ms (at least once, never lost).
 //! * Start-up: a torn tail of the newest segment (short or bad-CRC record) is truncated and
 //!   logged. A bad record elsewhere is skipped by readers and logged, never a crash loop.
 
@@ -44,8 +44,8 @@ const MAGIC: &[u8; 4] = b"KARQ";
 const FORMAT_VERSION: u32 = 1;
 const SEGMENT_HEADER: u64 = 16;
 const RECORD_HEADER: u64 = 8;
-/// How often committed cursors are written to disk.
-const CURSOR_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often committed cursors are written to disk: bounds the repeats after a crash.
+const CURSOR_SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// Appends waiting for the writer at most; more wait in `append`.
 const WRITE_CHANNEL: usize = 1024;
 /// Readers see at most this many bytes per record; a larger length field is corruption.
@@ -177,7 +177,7 @@ impl DiskQueue {
             shared: shared.clone(),
             file: active,
             max_bytes: config.max_bytes.0,
-            segment_bytes: config.segment_bytes.0,
+            segment_bytes: effective_segment_bytes(&config),
             broken: None,
         };
         let writer_thread = std::thread::Builder::new()
@@ -279,6 +279,15 @@ impl Drop for DiskQueue {
     fn drop(&mut self) {
         self.cursor_task.abort();
     }
+}
+
+/// Segments are at most an eighth of `max_bytes`: only whole segments are reclaimed, so a
+/// segment as large as the queue would keep a full queue full after everything was delivered.
+fn effective_segment_bytes(config: &QueueConfig) -> u64 {
+    config
+        .segment_bytes
+        .0
+        .min((config.max_bytes.0 / 8).max(4096))
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -497,12 +506,20 @@ fn create_segment(dir: &Path, id: u64, first_seq: u64) -> io::Result<ActiveSegme
         .write(true)
         .open(&path)?;
     let mut out = BufWriter::with_capacity(1 << 16, file);
-    out.write_all(MAGIC)?;
-    out.write_all(&FORMAT_VERSION.to_le_bytes())?;
-    out.write_all(&first_seq.to_le_bytes())?;
-    out.flush()?;
-    out.get_ref().sync_all()?;
-    File::open(dir)?.sync_all()?;
+    let written = (|| {
+        out.write_all(MAGIC)?;
+        out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        out.write_all(&first_seq.to_le_bytes())?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        // A half-made segment (disk full) must not block the next attempt at the same id.
+        let (_file, _unwritten) = out.into_parts();
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(ActiveSegment {
         id,
         first_seq,

@@ -10,6 +10,7 @@
     missing_docs
 )]
 
+pub mod load;
 pub mod receivers;
 
 use std::fmt;

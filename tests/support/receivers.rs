@@ -77,6 +77,9 @@ impl Receiver {
             r#"global(workDirectory="{d}/work" maxMessageSize="4m" net.enableDNS="off" processInternalMessages="on"
   defaultNetstreamDriverCAFile="{ca}" defaultNetstreamDriverCertFile="{crt}" defaultNetstreamDriverKeyFile="{key}")
 module(load="imtcp" maxSessions="100")
+# Direct: a message is written out before rsyslog reads more, so a receiver killed with -9
+# loses only what it read in the last instant (which the relay has not yet confirmed).
+main_queue(queue.type="Direct")
 template(name="fieldsjson" type="string"
   string="{{\"listener\":\"%$.listener%\",\"pri\":%pri%,\"timestamp\":\"%timereported:::date-rfc3339%\",\"hostname\":\"%hostname:::json%\",\"appname\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"msgid\":\"%msgid:::json%\",\"sd\":\"%structured-data:::json%\",\"msg\":\"%msg:::json%\"}}\n")
 template(name="raw" type="string" string="%rawmsg%\n")
@@ -290,6 +293,15 @@ log {{ source(s_lf); rewrite {{ set("lf" value(".listener")); }}; destination(d_
         std::fs::read(self.path("messages.jsonl"))
             .map(|b| b.iter().filter(|&&c| c == b'\n').count())
             .unwrap_or(0)
+    }
+
+    /// `auditID` of every message received so far (with repeats).
+    pub fn audit_ids(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.msg).ok())
+            .filter_map(|v| v["auditID"].as_str().map(str::to_owned))
+            .collect()
     }
 
     pub fn internal_log(&self) -> String {
