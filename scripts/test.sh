@@ -15,4 +15,13 @@ else
        "interop tests skip unless rsyslog and syslog-ng are on this machine" >&2
 fi
 
+report=target/tmp/fault-report.md
+rm -f "$report"
 cargo test --locked "$@"
+if [ -s "$report" ]; then
+  echo
+  echo "Fault suite (events answered 200 and what reached the receiver):"
+  echo "| scenario | acknowledged | delivered | duplicates | lost | notes |"
+  echo "|---|---|---|---|---|---|"
+  cat "$report"
+fi

@@ -1074,6 +1074,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_acknowledged_append_is_already_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), &["a"]).await;
+        for i in 0..20 {
+            q.append(records(&format!("d{i}"), 3)).await.unwrap();
+            // No close, no flush by the test: the bytes are in the segment once append returns.
+            let file = std::fs::read(newest_segment(dir.path())).unwrap();
+            let needle = format!("d{i}-0002-");
+            assert!(
+                file.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "append {i} not in the file"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn full_queue_refuses_whole_batches() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&config(dir.path(), 5000, 4096), &["a".to_owned()])
