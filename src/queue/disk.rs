@@ -348,7 +348,9 @@ impl Writer {
         );
         let mut accepted = Vec::with_capacity(group.len());
         let mut result: Result<Position, io::Error> = Ok(start.3);
-        let mut stored = self.shared.lock().bytes;
+        // Readers release segments concurrently, so the group only adds to the shared count.
+        let already = self.shared.lock().bytes;
+        let mut added = 0u64;
         let mut rolled = Vec::new();
         for (records, reply) in group.drain(..) {
             if let Some(why) = &self.broken {
@@ -356,6 +358,7 @@ impl Writer {
                 continue;
             }
             let incoming: u64 = records.iter().map(|r| r.len() as u64 + RECORD_HEADER).sum();
+            let stored = already + added;
             if stored + incoming > self.max_bytes {
                 let _ = reply.send(Err(QueueError::Full {
                     stored,
@@ -366,7 +369,7 @@ impl Writer {
             }
             if let Ok(end) = &mut result {
                 match self.write_records(&records, end, &mut rolled) {
-                    Ok(written) => stored += written,
+                    Ok(written) => added += written,
                     Err(e) => result = Err(e),
                 }
             }
@@ -394,7 +397,7 @@ impl Writer {
                             len: self.file.len,
                         },
                     );
-                    s.bytes = stored;
+                    s.bytes += added;
                     s.durable = end;
                 }
                 self.shared.appended.notify_waiters();
@@ -1103,6 +1106,58 @@ mod tests {
             got,
             names("ok", 0..30),
             "nothing of the refused batch is stored"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivered_space_is_reused_indefinitely() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), 64 << 10, 4096), &["a".to_owned()])
+            .await
+            .unwrap();
+        let mut reader = q.reader(0);
+        // A reader commits (and so releases segments) while appends are running: the space
+        // it frees must be counted even when it frees it in the middle of a write group.
+        let consumer = tokio::spawn(async move {
+            let mut n = 0;
+            while n < 200 * 20 {
+                let mut batch = Vec::new();
+                let end = reader.next_batch(4096, &mut batch).await.unwrap();
+                n += batch.len();
+                reader.commit(end);
+            }
+        });
+        // 200 rounds of 2.4 KB through a 64 KiB queue.
+        let appends = async {
+            for round in 0..200 {
+                loop {
+                    match q.append(records(&format!("u{round}"), 20)).await {
+                        Ok(()) => break,
+                        Err(QueueError::Full { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(1)).await
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), appends)
+            .await
+            .is_err()
+        {
+            panic!(
+                "the queue stayed full although everything was delivered: {:?}",
+                q.stats()
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(10), consumer)
+            .await
+            .unwrap()
+            .unwrap();
+        let stats = q.stats();
+        assert!(
+            stats.bytes < 16 << 10,
+            "everything was delivered, yet {stats:?}"
         );
     }
 

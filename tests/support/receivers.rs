@@ -106,7 +106,7 @@ input(type="imtcp" name="tcp" address="127.0.0.1" port="{tcp_port}" ruleset="fro
                 .arg(dir.join("rsyslogd.pid"))
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(dir.join("rsyslogd.out"))?)
-                .stderr(Stdio::inherit())
+                .stderr(std::fs::File::create(dir.join("rsyslogd.err"))?)
                 .spawn()
         };
         let mut r = Receiver {
@@ -182,7 +182,7 @@ log {{ source(s_lf); rewrite {{ set("lf" value(".listener")); }}; destination(d_
                 .arg(dir.join("syslog-ng.ctl"))
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(dir.join("syslog-ng.out"))?)
-                .stderr(Stdio::inherit());
+                .stderr(std::fs::File::create(dir.join("syslog-ng.err"))?);
             if let Some(m) = &module_path {
                 cmd.arg(format!("--module-path={m}"));
             }
