@@ -590,11 +590,9 @@ async fn count_frames<S: AsyncRead + Unpin>(
         let mut consumed = 0;
         let mut events = 0u64;
         while let Some((used, message)) = next_frame(framing, &buf[consumed..], max)? {
-            if strict {
-                if let Err(e) = parse_strict(message) {
-                    counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("bad frame: {e}");
-                }
+            if strict && let Err(e) = parse_strict(message) {
+                counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                eprintln!("bad frame: {e}");
             }
             if let Some(id) = audit_id_hash(message) {
                 local_ids.push(id);
