@@ -85,12 +85,10 @@ enum Command {
         /// Pad each event with an annotation to at least this many bytes (e.g. 20000).
         #[arg(long, default_value_t = 0)]
         event_bytes: usize,
-        /// JSON Lines corpus to take events from.
-        #[arg(
-            long,
-            default_value = "tests/data/openshift-cluster-logging-operator.jsonl"
-        )]
-        corpus: PathBuf,
+        /// Events to use: an EventList file or JSON Lines. Default: a real apiserver capture
+        /// (Metadata level, ~700 B per event) for `metadata`, the OpenShift corpus for `full`.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
         /// Prefix of the generated auditIDs (unique per run).
         #[arg(long, default_value = "bench")]
         id_prefix: String,
@@ -195,8 +193,19 @@ struct LoadOptions {
     rate: u64,
     profile: Profile,
     event_bytes: usize,
-    corpus: PathBuf,
+    corpus: Option<PathBuf>,
     id_prefix: String,
+}
+
+impl LoadOptions {
+    fn corpus(&self) -> PathBuf {
+        self.corpus.clone().unwrap_or_else(|| {
+            PathBuf::from(match self.profile {
+                Profile::Metadata => "tests/data/real-apiserver-v1.20.2-metadata-051.json",
+                Profile::Full => "tests/data/openshift-cluster-logging-operator.jsonl",
+            })
+        })
+    }
 }
 
 /// Width of the numeric part of generated auditIDs, overwritten in place per request.
@@ -220,11 +229,23 @@ impl BodyTemplate {
 }
 
 fn load_events(o: &LoadOptions) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-    let text = std::fs::read_to_string(&o.corpus)
-        .with_context(|| format!("reading {}", o.corpus.display()))?;
+    let corpus = o.corpus();
+    let text = std::fs::read_to_string(&corpus).with_context(|| format!("reading {}", corpus.display()))?;
+    // Either an EventList (a captured webhook body) or JSON Lines of events.
+    let events: Vec<serde_json::Value> = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(mut list)) if list.contains_key("items") => match list.remove("items") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => bail!("{}: items is not an array", corpus.display()),
+        },
+        _ => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?,
+    };
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let serde_json::Value::Object(mut event) = serde_json::from_str(line)? else {
+    for event in events {
+        let serde_json::Value::Object(mut event) = event else {
             continue;
         };
         event.remove("kind");
@@ -251,7 +272,7 @@ fn load_events(o: &LoadOptions) -> anyhow::Result<Vec<serde_json::Map<String, se
         out.push(event);
     }
     if out.is_empty() {
-        bail!("no events in {}", o.corpus.display());
+        bail!("no events in {}", corpus.display());
     }
     Ok(out)
 }

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Benchmarks the relay end to end on this machine: builds release binaries, starts the counting
+# sink (TLS) and the relay (HTTPS with client certificates in, TLS out), runs the load generator,
+# samples the relay's CPU time and peak RSS from /proc, waits until the sink has every
+# acknowledged event, and prints one Markdown table row plus a JSON record (appended to
+# target/bench/results.jsonl).
+#
+# Usage: scripts/bench.sh SCENARIO [SCENARIO...]
+#   S1        4 connections, 100-event batches of ~700 B Metadata events, disk queue (fsync), 20 s
+#   latency   S1's setup at a fixed 50 000 events/s, for latency percentiles
+#   memory    S1 with the memory queue (like the peers' memory buffers)
+#   conns     1, 2, 4, 8, 16 connections (disk queue)
+#   sizes     event sizes ~0.7, 2, 20, 200 KB (4 connections, disk queue)
+#   smoke     2 s of S1, for CI: proves the tools work, measures nothing
+# Environment: DURATION (default 20s), HTTP2=1 for h2, BENCH_DIR (default target/bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+out_dir=${BENCH_DIR:-$root/target/bench}
+mkdir -p "$out_dir"
+results=$out_dir/results.jsonl
+
+cargo build --release --locked --bins >/dev/null 2>&1 || cargo build --release --locked --bins
+relay_bin=$root/target/release/kube-audit-relay
+bench_bin=$root/target/release/kube-audit-relay-bench
+
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# run NAME CONNECTIONS QUEUE RATE EVENT_BYTES PROFILE DURATION
+run() {
+  local name=$1 conns=$2 queue=$3 rate=$4 event_bytes=$5 profile=$6 duration=$7
+  local work; work=$(mktemp -d "$out_dir/run.XXXXXX")
+  "$bench_bin" sink --tls-cert certs/server.crt --tls-key certs/server.key --stats "$work/sink.json" \
+      > "$work/sink.out" 2> "$work/sink.err" &
+  local sink_pid=$!; pids+=("$sink_pid")
+  local sink_addr=""
+  for _ in $(seq 100); do
+    sink_addr=$(grep -o '127.0.0.1:[0-9]*' "$work/sink.out" 2>/dev/null || true)
+    [ -n "$sink_addr" ] && break; sleep 0.05
+  done
+  [ -n "$sink_addr" ] || { echo "sink did not start" >&2; exit 1; }
+  local port; port=$(free_port)
+  cat > "$work/relay.toml" <<EOF
+cluster_name = "bench"
+[listen]
+address = "127.0.0.1:$port"
+tls_cert = "$root/certs/server.crt"
+tls_key = "$root/certs/server.key"
+client_ca = "$root/certs/ca.crt"
+[queue]
+kind = "$queue"
+data_dir = "$work/queue"
+[syslog]
+max_message_bytes = "1MiB"
+[[destination]]
+name = "sink"
+url = "tls://$sink_addr"
+ca = "$root/certs/ca.crt"
+server_name = "localhost"
+EOF
+  RUST_LOG=warn "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
+  local relay_pid=$!; pids+=("$relay_pid")
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05
+  done
+  local ticks0; ticks0=$(cpu_ticks "$relay_pid")
+  local h2=(); [ "${HTTP2:-0}" = 1 ] && h2=(--http2)
+  "$bench_bin" load --url "https://127.0.0.1:$port/" --ca certs/ca.crt --cert certs/client.crt --key certs/client.key \
+      --connections "$conns" --batch 100 --duration "$duration" --rate "$rate" --profile "$profile" \
+      --event-bytes "$event_bytes" --id-prefix "$name" "${h2[@]}" > "$work/load.json"
+  local acked; acked=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["events_acked"])' "$work/load.json")
+  # Wait for the sink to have every acknowledged event (at most 120 s).
+  for _ in $(seq 1200); do
+    local got; got=$(python3 -c 'import json,sys
+try: print(json.load(open(sys.argv[1]))["events"])
+except Exception: print(0)' "$work/sink.json")
+    [ "$got" -ge "$acked" ] && break; sleep 0.1
+  done
+  sleep 0.6
+  local ticks1; ticks1=$(cpu_ticks "$relay_pid")
+  local hwm; hwm=$(hwm_kib "$relay_pid")
+  kill "$relay_pid" "$sink_pid" 2>/dev/null || true
+  wait "$relay_pid" "$sink_pid" 2>/dev/null || true
+  python3 - "$name" "$conns" "$queue" "$work" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" "$hwm" "$results" <<'PY'
+import json, sys
+name, conns, queue, work, ticks, hz, hwm, results = sys.argv[1:]
+load = json.load(open(f"{work}/load.json"))
+sink = json.load(open(f"{work}/sink.json"))
+cpu_s = int(ticks) / int(hz)
+# CPU is counted until the sink had everything: the relay's whole cost of the run.
+delivered_rate = sink["events_per_s"]
+rec = {
+    "scenario": name, "connections": int(conns), "queue": queue, "http2": load["http2"],
+    "event_bytes": load["event_bytes"], "batch": load["batch"], "seconds": round(load["seconds"], 2),
+    "events_acked": load["events_acked"], "acked_per_s": round(load["events_per_s"]),
+    "delivered": sink["events"], "unique_delivered": sink["unique_audit_ids"], "bad_frames": sink["bad_frames"],
+    "delivered_per_s": round(delivered_rate), "status_503": load["status_503"],
+    "latency_ms": load["latency_ms"], "relay_cpu_s": round(cpu_s, 2),
+    "relay_cores": round(cpu_s / max(sink["active_seconds"], load["seconds"]), 2),
+    "cpu_s_per_million": round(cpu_s / max(load["events_acked"], 1) * 1e6, 2),
+    "relay_peak_rss_mib": round(int(hwm) / 1024, 1),
+}
+lat = rec["latency_ms"]
+print(f"| {name} | {conns} | {queue} | {rec['event_bytes']} | {rec['acked_per_s']:,} | {rec['delivered_per_s']:,} | "
+      f"{lat['p50']:.2f} / {lat['p99']:.2f} | {rec['relay_cores']} | {rec['cpu_s_per_million']} | {rec['relay_peak_rss_mib']} | "
+      f"{rec['unique_delivered']:,} of {rec['events_acked']:,} |")
+print(json.dumps(rec))
+with open(results, "a") as f:
+    f.write(json.dumps(rec) + "\n")
+PY
+  rm -rf "$work/queue"
+}
+
+header() {
+  echo "| scenario | conns | queue | B/event | acked ev/s | delivered ev/s | p50 / p99 ms | relay cores | CPU-s per M events | peak RSS MiB | unique delivered |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+}
+
+duration=${DURATION:-20s}
+[ $# -ge 1 ] || { sed -n '2,17p' "$0"; exit 2; }
+header
+for scenario in "$@"; do
+  case "$scenario" in
+    S1) run S1 4 disk 0 0 metadata "$duration" ;;
+    latency) run latency 4 disk 50000 0 metadata "$duration" ;;
+    memory) run memory 4 memory 0 0 metadata "$duration" ;;
+    conns) for c in 1 2 4 8 16; do run "conns-$c" "$c" disk 0 0 metadata "$duration"; done ;;
+    sizes)
+      run size-0.7k 4 disk 0 0 metadata "$duration"
+      for b in 2000 20000 200000; do run "size-$((b / 1000))k" 4 disk 0 "$b" metadata "$duration"; done ;;
+    smoke) run smoke 2 disk 0 0 metadata 2s ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+done
