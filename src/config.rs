@@ -57,6 +57,9 @@ pub struct Config {
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The admin listener (health, readiness, metrics).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Where events go; `stdout` when none is given.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
@@ -109,6 +112,9 @@ pub struct ListenConfig {
     pub request_timeout: Duration,
     /// `Retry-After` seconds sent with 503 when the queue is full (1 to 30). Default 2.
     pub retry_after_seconds: u32,
+    /// File holding the bearer token the apiserver must send (kubeconfig `token`); requests
+    /// without it get 401. Default: no token check.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ListenConfig {
@@ -128,6 +134,7 @@ impl Default for ListenConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(25),
             retry_after_seconds: 2,
+            token_file: None,
         }
     }
 }
@@ -243,6 +250,36 @@ impl Default for ShutdownConfig {
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`; `"off"` disables it.
+    /// Default `127.0.0.1:9090`.
+    #[serde(deserialize_with = "optional_address")]
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        }
+    }
+}
+
+fn optional_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        de::Error::custom(format!(
+            "`{s}` is not an address such as \"127.0.0.1:9090\" or \"off\""
+        ))
+    })
 }
 
 /// `framing`: how records are delimited on a stream.
@@ -558,6 +595,7 @@ impl Config {
             },
             dedupe: DedupeConfig::default(),
             shutdown: ShutdownConfig::default(),
+            admin: AdminConfig::default(),
             destinations: vec![DestinationConfig::stdout()],
         }
     }
@@ -658,6 +696,7 @@ impl Config {
             ("listen.tls_cert", &l.tls_cert),
             ("listen.tls_key", &l.tls_key),
             ("listen.client_ca", &l.client_ca),
+            ("listen.token_file", &l.token_file),
         ] {
             check_readable(path.as_deref()).map_err(|r| bad(key, r))?;
         }

@@ -6,13 +6,16 @@
 //! refused with 503 must not make its own resend look like a duplicate.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 
 /// 128 bits of two independently keyed SipHash values: small enough for a 100 000-entry
 /// window to stay near 3 MiB, wide enough that a false match (a lost event) is never seen
 /// in practice (p ~ 1e-29 per pair).
-type Key = u128;
+pub type Key = u128;
+
+/// A set of [`Key`]s that does not hash them again.
+pub type KeySet = HashSet<Key, BuildHasherDefault<KeyHasher>>;
 
 /// A bounded first-in first-out set of recently stored event keys.
 #[derive(Debug)]
@@ -24,8 +27,36 @@ pub struct Dedupe {
 
 #[derive(Debug, Default)]
 struct Window {
-    keys: HashSet<Key>,
+    keys: KeySet,
     order: VecDeque<Key>,
+}
+
+/// Keys are already keyed hashes: sets use their low 64 bits instead of hashing again.
+#[derive(Debug, Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        // Truncation intended: the low half of a random 128-bit key.
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "low 64 bits of a random key"
+        )]
+        let low = n as u64;
+        self.0 = low;
+    }
 }
 
 impl Dedupe {
@@ -46,13 +77,18 @@ impl Dedupe {
 
     /// Whether the key was stored recently.
     pub fn contains(&self, key: Key) -> bool {
+        self.seen(&[key]).first().copied().unwrap_or(false)
+    }
+
+    /// For each key, whether it was stored recently; one lock for the whole batch.
+    pub fn seen(&self, keys: &[Key]) -> Vec<bool> {
         if self.max_entries == 0 {
-            return false;
+            return vec![false; keys.len()];
         }
-        self.window
-            .lock()
-            .map(|w| w.keys.contains(&key))
-            .unwrap_or(false)
+        match self.window.lock() {
+            Ok(w) => keys.iter().map(|k| w.keys.contains(k)).collect(),
+            Err(_) => vec![false; keys.len()],
+        }
     }
 
     /// Records keys of events that are now durable, evicting the oldest beyond the bound.

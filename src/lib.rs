@@ -12,12 +12,14 @@
 //! [`run`] wires them together for one process; `main` only parses the command line, binds
 //! the listener and turns signals into the shutdown token.
 
+pub mod admin;
 pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dedupe;
 pub mod listener;
+pub mod metrics;
 pub mod queue;
 pub mod sender;
 pub mod syslog;
@@ -49,6 +51,23 @@ pub enum RunError {
     /// A destination cannot be set up.
     #[error("{0}")]
     Destination(#[from] sender::DestinationError),
+    /// `listen.token_file` cannot be read.
+    #[error("listen.token_file {path}: {source}")]
+    Token {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The sockets `main` binds before handing over (tests bind port 0 the same way).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The webhook listener (`listen.address`).
+    pub webhook: TcpListener,
+    /// The admin listener (`admin.address`), if enabled.
+    pub admin: Option<TcpListener>,
 }
 
 /// The HOSTNAME written in every record: `cluster_name`, else this machine's host name.
@@ -68,17 +87,47 @@ pub fn record_hostname(config: &Config) -> String {
 /// accepted in that case.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let Listeners {
+        webhook: listener,
+        admin,
+    } = listeners;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let ready = admin::Readiness::default();
+    let token = match &config.listen.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| RunError::Token {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let renderer = Renderer::new(&config.syslog, &record_hostname(&config));
     let tls = tls::server_config(&config.listen)?.map(TlsAcceptor::from);
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
     let queue = Queue::open(&config.queue, &names).await?;
     let mut destinations = Vec::with_capacity(config.destinations.len());
     for (index, d) in config.destinations.iter().enumerate() {
-        destinations.push(Destination::new(d, queue.reader(index))?);
+        destinations.push(Destination::new(d, queue.reader(index), metrics.clone())?);
     }
+    // The admin listener stays up through the drain (so /readyz can say "not ready") and is
+    // aborted at the very end.
+    let admin_task = admin.map(|listener| {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "admin listener ready (/healthz /readyz /metrics)");
+        }
+        tokio::spawn(admin::serve(
+            listener,
+            metrics.clone(),
+            queue.clone(),
+            names.clone(),
+            ready.clone(),
+            CancellationToken::new(),
+        ))
+    });
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -107,7 +156,14 @@ pub async fn run(
     }
     senders.close();
 
-    let webhook = Arc::new(Webhook::new(&config, renderer, queue.clone()));
+    let webhook = Arc::new(Webhook::new(
+        &config,
+        renderer,
+        queue.clone(),
+        metrics.clone(),
+        token.as_deref(),
+    ));
+    ready.set(true);
     let connections = TaskTracker::new();
     listener::serve(
         listener,
@@ -119,6 +175,7 @@ pub async fn run(
     )
     .await;
 
+    ready.set(false);
     tracing::info!("shutting down: finishing in-flight requests");
     connections.close();
     let grace = config.listen.request_timeout + std::time::Duration::from_secs(1);
@@ -138,6 +195,9 @@ pub async fn run(
         senders.wait().await;
     }
     queue.close().await;
+    if let Some(task) = admin_task {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

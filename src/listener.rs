@@ -109,6 +109,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let metrics = webhook.metrics().clone();
     let service = service_fn(move |request| {
         let webhook = webhook.clone();
         async move { Ok::<_, Infallible>(webhook.handle(request).await) }
@@ -133,10 +134,12 @@ async fn serve_connection(
                         // rustls reports a plain-text request as a record of an invalid type.
                         let hint = if e.to_string().contains("InvalidContentType") { " (plain HTTP sent to the HTTPS port?)" } else { "" };
                         tracing::warn!(%peer, reason = %e, "TLS handshake refused{hint}");
+                        metrics.tls_failure("server", &e);
                         return;
                     }
                     Err(_) => {
                         tracing::warn!(%peer, reason = "timeout", "TLS handshake refused");
+                        metrics.tls_failure("server", &"timeout");
                         return;
                     }
                 },

@@ -59,6 +59,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} (listen.address)"))?;
+    let admin =
+        match config.admin.address {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
+                || format!("cannot listen on {address} (admin.address; \"off\" disables it)"),
+            )?),
+            None => None,
+        };
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
@@ -66,7 +73,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stop signal received");
         signal_token.cancel();
     });
-    kube_audit_relay::run(config, listener, shutdown).await?;
+    let listeners = kube_audit_relay::Listeners {
+        webhook: listener,
+        admin,
+    };
+    kube_audit_relay::run(config, listeners, shutdown).await?;
     Ok(())
 }
 

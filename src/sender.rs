@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DestinationConfig, Endpoint, Framing, Transport};
+use crate::metrics::Metrics;
 use crate::queue::{Position, Reader};
 use crate::syslog::frame;
 use crate::tls;
@@ -80,6 +82,8 @@ enum Connector {
 /// One destination and its delivery loop.
 pub struct Destination {
     name: String,
+    metrics: Arc<Metrics>,
+    labels: Vec<(&'static str, String)>,
     connector: Connector,
     framing: Framing,
     config: DestinationConfig,
@@ -110,7 +114,11 @@ impl Destination {
     ///
     /// # Errors
     /// [`DestinationError`] when the URL or the TLS files are unusable.
-    pub fn new(config: &DestinationConfig, reader: Reader) -> Result<Self, DestinationError> {
+    pub fn new(
+        config: &DestinationConfig,
+        reader: Reader,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DestinationError> {
         let endpoint = config.endpoint().map_err(|reason| DestinationError::Url {
             name: config.name.clone(),
             reason,
@@ -153,8 +161,13 @@ impl Destination {
                 }
             }
         };
+        let labels = Metrics::destination(&config.name);
+        metrics.destination_backlog.get_or_create(&labels).set(0);
+        metrics.destination_up.get_or_create(&labels).set(0);
         Ok(Self {
             name: config.name.clone(),
+            metrics,
+            labels,
             connector,
             framing: config.framing,
             config: config.clone(),
@@ -174,6 +187,10 @@ impl Destination {
             }
             let started = Instant::now();
             let end = self.connect_and_send(&signals).await;
+            self.metrics
+                .destination_up
+                .get_or_create(&self.labels)
+                .set(0);
             self.reader.rewind();
             match end {
                 Ok(()) => break,
@@ -214,6 +231,10 @@ impl Destination {
             Connector::Tcp { host, port } => {
                 let stream = connect_tcp(host, *port, timeout, signals).await?;
                 tracing::info!(destination = %self.name, url = %self.config.url, "connected");
+                self.metrics
+                    .destination_up
+                    .get_or_create(&self.labels)
+                    .set(1);
                 let (rd, wr) = stream.into_split();
                 self.send_loop(rd, wr, signals).await
             }
@@ -230,11 +251,18 @@ impl Destination {
                     _ = signals.stop.cancelled() => return Ok(()),
                     r = tokio::time::timeout_at(deadline, handshake) => match r {
                         Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return Err(ConnectionEnd::Connect(e)),
+                        Ok(Err(e)) => {
+                            self.metrics.tls_failure("client", &e);
+                            return Err(ConnectionEnd::Connect(e));
+                        }
                         Err(_) => return Err(ConnectionEnd::ConnectTimeout),
                     },
                 };
                 tracing::info!(destination = %self.name, url = %self.config.url, "connected (TLS)");
+                self.metrics
+                    .destination_up
+                    .get_or_create(&self.labels)
+                    .set(1);
                 let (rd, wr) = tokio::io::split(stream);
                 self.send_loop(rd, wr, signals).await
             }
@@ -264,7 +292,7 @@ impl Destination {
                 if now.duration_since(written) < confirm_after {
                     break;
                 }
-                self.reader.commit(position);
+                self.commit(position);
                 pending.pop_front();
             }
             if signals.drain.is_cancelled() && self.reader.caught_up() {
@@ -301,6 +329,21 @@ impl Destination {
         }
     }
 
+    /// Confirms delivery up to `position` and counts it.
+    fn commit(&mut self, position: Position) {
+        let before = self.reader.backlog();
+        self.reader.commit(position);
+        let after = self.reader.backlog();
+        self.metrics
+            .events_sent
+            .get_or_create(&self.labels)
+            .inc_by(before.saturating_sub(after));
+        self.metrics
+            .destination_backlog
+            .get_or_create(&self.labels)
+            .set(i64::try_from(after).unwrap_or(i64::MAX));
+    }
+
     /// Orderly end after a drain: close_notify / FIN, wait briefly for the receiver's close so
     /// that a late rejection is still seen, then commit what was written.
     async fn close<R, W>(
@@ -324,7 +367,7 @@ impl Destination {
             }
         }
         if let Some(&(position, _)) = pending.back() {
-            self.reader.commit(position);
+            self.commit(position);
         }
         Ok(())
     }

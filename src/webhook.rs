@@ -4,17 +4,21 @@
 //! event and stores the batch in the queue. The answer is 200 only when every event of the
 //! batch is stored; the HTTP status of every failure is chosen in [`WebhookError::status`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::time::{Instant, timeout_at};
 
 use crate::audit::{AuditError, EventList, EventView};
-use crate::dedupe::Dedupe;
+use crate::dedupe::{Dedupe, Key, KeySet};
+use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
 use crate::syslog::{Renderer, timestamp};
 
@@ -27,6 +31,9 @@ pub enum WebhookError {
     /// Another method than POST.
     #[error("method {0} not allowed: use POST")]
     MethodNotAllowed(Method),
+    /// `listen.token_file` is set and the request lacks that bearer token.
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
     /// Not `application/json`.
     #[error("unsupported content type `{0}`: send application/json")]
     UnsupportedMediaType(String),
@@ -55,6 +62,7 @@ impl WebhookError {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBatch(_) => StatusCode::BAD_REQUEST,
@@ -75,6 +83,9 @@ pub struct Webhook {
     renderer: Renderer,
     dedupe: Dedupe,
     queue: Queue,
+    metrics: Arc<Metrics>,
+    /// Expected `Authorization` header value (`Bearer TOKEN`), when a token is configured.
+    authorization: Option<Vec<u8>>,
 }
 
 /// Outcome of one accepted batch, for logs.
@@ -93,9 +104,17 @@ pub struct BatchSummary {
 }
 
 impl Webhook {
-    /// Builds the route.
-    pub fn new(config: &crate::config::Config, renderer: Renderer, queue: Queue) -> Self {
+    /// Builds the route. `token` is the bearer token requests must carry, if any.
+    pub fn new(
+        config: &crate::config::Config,
+        renderer: Renderer,
+        queue: Queue,
+        metrics: Arc<Metrics>,
+        token: Option<&str>,
+    ) -> Self {
         Self {
+            metrics,
+            authorization: token.map(|t| format!("Bearer {}", t.trim()).into_bytes()),
             path: config.listen.path.clone(),
             max_body_bytes: config.listen.max_body_bytes.as_usize(),
             request_timeout: config.listen.request_timeout,
@@ -106,12 +125,39 @@ impl Webhook {
         }
     }
 
+    /// The metrics this route records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Answers one request; never fails, never panics on input.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let response = self.respond(request).await;
+        self.metrics
+            .requests
+            .get_or_create(&vec![("code", response.status().as_u16().to_string())])
+            .inc();
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = request.method().clone();
         match self.accept(request).await {
             Ok(summary) => {
                 tracing::debug!(?summary, "batch stored");
+                let m = &self.metrics;
+                m.events_received.inc_by(summary.items as u64);
+                m.events_deduplicated.inc_by(summary.duplicates as u64);
+                m.events_truncated.inc_by(summary.truncated as u64);
+                if summary.too_large > 0 {
+                    m.events_dropped
+                        .get_or_create(&vec![("reason", "too_large".to_owned())])
+                        .inc_by(summary.too_large as u64);
+                }
                 Response::new(Full::new(Bytes::new()))
             }
             Err(err) => {
@@ -138,6 +184,9 @@ impl Webhook {
             WebhookError::MethodNotAllowed(_) => {
                 headers.insert(ALLOW, HeaderValue::from_static("POST"));
             }
+            WebhookError::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             WebhookError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, self.retry_after.clone());
             }
@@ -153,6 +202,15 @@ impl Webhook {
         }
         if request.method() != Method::POST {
             return Err(WebhookError::MethodNotAllowed(request.method().clone()));
+        }
+        if let Some(expected) = &self.authorization {
+            let given = request
+                .headers()
+                .get(AUTHORIZATION)
+                .map_or(&[][..], HeaderValue::as_bytes);
+            if !constant_time_eq(given, expected) {
+                return Err(WebhookError::Unauthorized);
+            }
         }
         let content_type = request
             .headers()
@@ -207,24 +265,33 @@ impl Webhook {
     fn render_batch(
         &self,
         body: &[u8],
-    ) -> Result<(Vec<Bytes>, Vec<u128>, BatchSummary), WebhookError> {
+    ) -> Result<(Vec<Bytes>, Vec<Key>, BatchSummary), WebhookError> {
         let list = EventList::parse(body)?;
         let received_at = timestamp::now();
         let mut summary = BatchSummary {
             items: list.items.len(),
             ..BatchSummary::default()
         };
-        let mut records = Vec::with_capacity(list.items.len());
-        let mut keys = Vec::with_capacity(list.items.len());
-        let mut in_batch = std::collections::HashSet::with_capacity(list.items.len());
-        for (index, item) in list.items.iter().enumerate() {
-            let view = EventView::parse(index, item)?;
-            let key = self.dedupe.key(&view.audit_id, &view.stage);
-            if self.dedupe.contains(key) || !in_batch.insert(key) {
+        let views = list
+            .items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| EventView::parse(index, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all_keys: Vec<Key> = views
+            .iter()
+            .map(|v| self.dedupe.key(&v.audit_id, &v.stage))
+            .collect();
+        let seen = self.dedupe.seen(&all_keys);
+        let mut records = Vec::with_capacity(views.len());
+        let mut keys = Vec::with_capacity(views.len());
+        let mut in_batch = KeySet::with_capacity_and_hasher(views.len(), Default::default());
+        for (((item, view), key), seen) in list.items.iter().zip(&views).zip(all_keys).zip(seen) {
+            if seen || !in_batch.insert(key) {
                 summary.duplicates += 1;
                 continue;
             }
-            match self.renderer.render(item, &view, &received_at) {
+            match self.renderer.render(item, view, &received_at) {
                 Ok(rendered) => {
                     summary.truncated += usize::from(rendered.truncated);
                     records.push(Bytes::from(rendered.message));
@@ -239,4 +306,13 @@ impl Webhook {
         summary.stored = records.len();
         Ok((records, keys, summary))
     }
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
 }

@@ -80,6 +80,7 @@ fn example_config_parses_with_every_key() {
         "backoff_max",
         "confirm_after",
         "batch_bytes",
+        "token_file",
     ] {
         assert!(
             text.lines()
@@ -255,8 +256,10 @@ fn webhook_config_inlines_certificates() {
 /// events on stdout. Skipped quietly if something else already holds port 8080.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_without_config_prints_events_to_stdout() {
-    if std::net::TcpListener::bind("127.0.0.1:8080").is_err() {
-        eprintln!("SKIPPED: port 8080 is in use");
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err()
+        || std::net::TcpListener::bind("127.0.0.1:9090").is_err()
+    {
+        eprintln!("SKIPPED: port 8080 or 9090 is in use");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

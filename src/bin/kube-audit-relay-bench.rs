@@ -230,13 +230,16 @@ impl BodyTemplate {
 
 fn load_events(o: &LoadOptions) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
     let corpus = o.corpus();
-    let text = std::fs::read_to_string(&corpus).with_context(|| format!("reading {}", corpus.display()))?;
+    let text = std::fs::read_to_string(&corpus)
+        .with_context(|| format!("reading {}", corpus.display()))?;
     // Either an EventList (a captured webhook body) or JSON Lines of events.
     let events: Vec<serde_json::Value> = match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(serde_json::Value::Object(mut list)) if list.contains_key("items") => match list.remove("items") {
-            Some(serde_json::Value::Array(items)) => items,
-            _ => bail!("{}: items is not an array", corpus.display()),
-        },
+        Ok(serde_json::Value::Object(mut list)) if list.contains_key("items") => {
+            match list.remove("items") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => bail!("{}: items is not an array", corpus.display()),
+            }
+        }
         _ => text
             .lines()
             .filter(|l| !l.trim().is_empty())

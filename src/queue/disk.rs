@@ -244,6 +244,14 @@ impl DiskQueue {
         }
     }
 
+    pub(super) fn backlogs(&self) -> Vec<u64> {
+        let s = self.shared.lock();
+        s.committed
+            .iter()
+            .map(|c| s.durable.seq.saturating_sub(c.seq))
+            .collect()
+    }
+
     /// Records skipped by readers because they failed their CRC.
     pub fn skipped_records(&self) -> u64 {
         self.shared.skipped_records.load(Ordering::Relaxed)
@@ -802,8 +810,8 @@ pub struct DiskReader {
     index: usize,
     read: Position,
     committed: Position,
-    /// Open segment and the offset its reader is at.
-    file: Option<(u64, u64, BufReader<File>)>,
+    /// The open segment file.
+    file: Option<(u64, File)>,
 }
 
 impl DiskReader {
@@ -866,58 +874,85 @@ impl DiskReader {
                     _ => return Ok(()),
                 }
             }
+            // One positioned read per step and records handed out as slices of it: no
+            // allocation or copy per record.
             let offset = self.read.offset;
-            let reader = self.open_at(self.read.segment, offset)?;
-            match read_record(reader, offset, limit)? {
-                RecordRead::Good(record) => {
-                    let n = record.len() as u64 + RECORD_HEADER;
-                    taken += record.len();
-                    out.push(record);
-                    self.advance(n);
-                    if taken >= max_bytes {
-                        return Ok(());
-                    }
+            let available = limit - offset;
+            if available < RECORD_HEADER {
+                self.skip_damage(limit);
+                continue;
+            }
+            let want =
+                (max_bytes.saturating_sub(taken) as u64 + RECORD_HEADER).clamp(64 << 10, 4 << 20);
+            let mut chunk = self.read_at(offset, available.min(want))?;
+            let header = |c: &Bytes, at: usize| {
+                let len = u64::from(u32::from_le_bytes([c[at], c[at + 1], c[at + 2], c[at + 3]]));
+                let crc = u32::from_le_bytes([c[at + 4], c[at + 5], c[at + 6], c[at + 7]]);
+                (len, crc)
+            };
+            let (first_len, _) = header(&chunk, 0);
+            if first_len > MAX_RECORD || RECORD_HEADER + first_len > available {
+                self.skip_damage(limit);
+                continue;
+            }
+            if RECORD_HEADER + first_len > chunk.len() as u64 {
+                chunk = self.read_at(offset, RECORD_HEADER + first_len)?;
+            }
+            let mut at = 0usize;
+            while at + RECORD_HEADER as usize <= chunk.len() {
+                let (len, crc) = header(&chunk, at);
+                let end = at + RECORD_HEADER as usize + len as usize;
+                if len > MAX_RECORD || end > chunk.len() {
+                    break;
                 }
-                RecordRead::BadCrc(n) => {
+                let payload = chunk.slice(at + RECORD_HEADER as usize..end);
+                if crc32c::crc32c(&payload) == crc {
+                    taken += payload.len();
+                    out.push(payload);
+                } else {
                     self.shared.skipped_records.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         segment = self.read.segment,
                         offset = self.read.offset,
                         "queue record failed its CRC; skipped"
                     );
-                    self.advance(n);
                 }
-                RecordRead::End => {
-                    // Damage in a sealed segment: skip the rest of it.
-                    self.read.offset = limit;
-                    self.file = None;
+                self.read.offset += (end - at) as u64;
+                self.read.seq += 1;
+                at = end;
+                if taken >= max_bytes {
+                    return Ok(());
                 }
             }
         }
     }
 
-    fn advance(&mut self, n: u64) {
-        self.read.offset += n;
-        self.read.seq += 1;
-        if let Some((_, off, _)) = &mut self.file {
-            *off += n;
-        }
+    /// Damage in a segment (a length that runs past its end): skip the rest of it.
+    fn skip_damage(&mut self, limit: u64) {
+        tracing::error!(
+            segment = self.read.segment,
+            offset = self.read.offset,
+            "queue segment damaged after this offset; the rest of it is skipped"
+        );
+        self.read.offset = limit;
     }
 
-    fn open_at(&mut self, segment: u64, offset: u64) -> io::Result<&mut BufReader<File>> {
-        let reusable = matches!(&self.file, Some((id, off, _)) if *id == segment && *off == offset);
-        if !reusable {
-            let mut f = BufReader::with_capacity(
-                1 << 16,
+    /// Reads `len` bytes of the current segment at `offset`.
+    fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let segment = self.read.segment;
+        if !matches!(&self.file, Some((id, _)) if *id == segment) {
+            self.file = Some((
+                segment,
                 File::open(segment_path(&self.shared.dir, segment))?,
-            );
-            f.seek(SeekFrom::Start(offset))?;
-            self.file = Some((segment, offset, f));
+            ));
         }
-        match &mut self.file {
-            Some((_, _, f)) => Ok(f),
-            None => Err(io::Error::other("segment reader missing")),
-        }
+        let Some((_, file)) = &self.file else {
+            return Err(io::Error::other("segment file not open"));
+        };
+        let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
     }
 
     pub(super) fn commit(&mut self, position: Position) {

@@ -122,6 +122,16 @@ impl MemoryQueue {
         }
     }
 
+    pub(super) fn backlogs(&self) -> Vec<u64> {
+        let state = self.shared.lock();
+        let end = state.end_seq();
+        state
+            .cursors
+            .iter()
+            .map(|c| end.saturating_sub(*c))
+            .collect()
+    }
+
     pub(super) fn close(&self) {
         self.shared.lock().closed = true;
     }

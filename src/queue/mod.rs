@@ -119,6 +119,14 @@ impl Queue {
         }
     }
 
+    /// Records stored and not yet committed, per destination (in reader order).
+    pub fn backlogs(&self) -> Vec<u64> {
+        match &*self.0 {
+            Backend::Memory(q) => q.backlogs(),
+            Backend::Disk(q) => q.backlogs(),
+        }
+    }
+
     /// Refuses further appends and persists the cursors.
     pub async fn close(&self) {
         match &*self.0 {

@@ -9,7 +9,7 @@ use crate::config::Framing;
 pub fn frame(framing: Framing, message: &[u8], out: &mut Vec<u8>) {
     match framing {
         Framing::Octet => {
-            out.extend_from_slice(message.len().to_string().as_bytes());
+            write_decimal(out, message.len() as u64);
             out.push(b' ');
             out.extend_from_slice(message);
         }
@@ -18,6 +18,21 @@ pub fn frame(framing: Framing, message: &[u8], out: &mut Vec<u8>) {
             out.push(b'\n');
         }
     }
+}
+
+/// Appends `n` in decimal without going through `fmt` (this runs once per event).
+pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A stream that does not follow the framing.

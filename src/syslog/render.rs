@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::audit::{self, EventView};
 use crate::config::SyslogConfig;
+use crate::syslog::frame::write_decimal;
 use crate::syslog::timestamp;
 
 /// RFC 5424 field limits.
@@ -103,7 +104,7 @@ impl Renderer {
     fn write_header(&self, out: &mut Vec<u8>, view: &EventView<'_>, received_at: &str) {
         let pri = u16::from(self.facility) * 8 + u16::from(severity(view));
         out.push(b'<');
-        out.extend_from_slice(pri.to_string().as_bytes());
+        write_decimal(out, u64::from(pri));
         out.extend_from_slice(b">1 ");
         let ts = [
             &view.stage_timestamp,

@@ -96,6 +96,8 @@ pub fn signal(pid: u32, sig: &str) {
 pub struct Relay {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -112,6 +114,12 @@ impl Relay {
     /// Starts the relay in an existing directory (to restart on the same queue).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Relay {
         let config_path = dir.path().join("relay.toml");
+        // Tests run in parallel: the admin listener takes any free port unless a test sets one.
+        let config = if config.contains("[admin]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[admin]\naddress = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(&config_path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kube-audit-relay"))
             .args(["run", "--config"])
@@ -159,13 +167,48 @@ impl Relay {
                 logs.lock().unwrap().join("\n")
             );
         };
+        let admin = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("admin listener ready"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+            })
+            .and_then(|a| a.parse().ok());
         Relay {
             child: Some(child),
             addr,
+            admin,
             logs,
             dir,
             config_path,
         }
+    }
+
+    /// The admin listener's `/metrics`, parsed into `name{labels} -> value`.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let admin = self.admin.expect("admin listener");
+        let r = request(
+            admin,
+            &ClientOptions::default(),
+            "GET",
+            "/metrics",
+            None,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        r.body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v)))
+            })
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {

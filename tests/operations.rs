@@ -1,0 +1,283 @@
+//! Operating the relay: metrics scraped over HTTP after real traffic, health and readiness,
+//! bearer-token authentication, and fan-out where a dead destination does not hold back a
+//! live one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use kube_audit_relay::config::Framing;
+use support::{
+    ClientOptions, Relay, Sink, all_corpus_events, cert, eventlist, post_batch, request,
+};
+
+fn small_events(n: usize) -> Vec<support::CorpusEvent> {
+    all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 3000)
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+tls_cert = "{crt}"
+tls_key = "{key}"
+client_ca = "{ca}"
+[queue]
+kind = "memory"
+[[destination]]
+name = "sink"
+url = "tcp://127.0.0.1:{port}"
+confirm_after = "20ms"
+"#,
+        crt = cert("server.crt"),
+        key = cert("server.key"),
+        ca = cert("ca.crt"),
+        port = sink.addr.port()
+    ));
+    let events = small_events(10);
+    let ok = ClientOptions::https(Some(("client.crt", "client.key")), false);
+    assert_eq!(
+        post_batch(relay.addr, &ok, eventlist(&events))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        post_batch(relay.addr, &ok, eventlist(&events[..4]))
+            .await
+            .unwrap()
+            .status,
+        200
+    ); // 4 repeats
+    assert_eq!(
+        request(
+            relay.addr,
+            &ok,
+            "POST",
+            "/nope",
+            Some("application/json"),
+            vec![]
+        )
+        .await
+        .unwrap()
+        .status,
+        404
+    );
+    assert_eq!(
+        request(relay.addr, &ok, "POST", "/", Some("text/plain"), vec![])
+            .await
+            .unwrap()
+            .status,
+        415
+    );
+    let foreign = ClientOptions::https(Some(("other-client.crt", "other-client.key")), false);
+    assert!(
+        post_batch(relay.addr, &foreign, eventlist(&events))
+            .await
+            .is_err()
+    );
+    sink.wait_for(10, Duration::from_secs(5));
+
+    let mut m = std::collections::HashMap::new();
+    support::wait_until(Duration::from_secs(5), || {
+        m = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(relay.metrics())
+        });
+        m.get("kar_events_sent_total{destination=\"sink\"}") == Some(&10.0)
+            && m.contains_key(
+                "kar_tls_handshake_failures_total{side=\"server\",reason=\"unknown_issuer\"}",
+            )
+    });
+    let get = |k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("{k} missing from {m:#?}"))
+    };
+    assert_eq!(get("kar_requests_total{code=\"200\"}"), 2.0);
+    assert_eq!(get("kar_requests_total{code=\"404\"}"), 1.0);
+    assert_eq!(get("kar_requests_total{code=\"415\"}"), 1.0);
+    assert_eq!(get("kar_events_received_total"), 14.0);
+    assert_eq!(get("kar_events_deduplicated_total"), 4.0);
+    assert_eq!(get("kar_events_sent_total{destination=\"sink\"}"), 10.0);
+    assert_eq!(get("kar_destination_up{destination=\"sink\"}"), 1.0);
+    assert_eq!(
+        get("kar_destination_backlog_records{destination=\"sink\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("kar_tls_handshake_failures_total{side=\"server\",reason=\"unknown_issuer\"}"),
+        1.0
+    );
+    assert_eq!(get("kar_request_duration_seconds_count"), 4.0);
+    assert_eq!(get("kar_build_info{version=\"0.1.0\"}"), 1.0);
+    assert!(m.contains_key("kar_queue_bytes"));
+
+    let admin = relay.admin.unwrap();
+    let plain = ClientOptions::default();
+    assert_eq!(
+        request(admin, &plain, "GET", "/healthz", None, vec![])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request(admin, &plain, "GET", "/readyz", None, vec![])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request(admin, &plain, "GET", "/other", None, vec![])
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_draining() {
+    let dead = support::free_port();
+    let mut relay = Relay::start(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[shutdown]\ndrain_timeout = \"3s\"\n[[destination]]\nname = \"dead\"\nurl = \"tcp://127.0.0.1:{dead}\"\n"
+    ));
+    assert_eq!(
+        post_batch(
+            relay.addr,
+            &ClientOptions::default(),
+            eventlist(&small_events(2))
+        )
+        .await
+        .unwrap()
+        .status,
+        200
+    );
+    let admin = relay.admin.unwrap();
+    let plain = ClientOptions::default();
+    assert_eq!(
+        request(admin, &plain, "GET", "/readyz", None, vec![])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    support::signal(relay.pid(), "TERM");
+    // The destination is dead, so the drain lasts drain_timeout; meanwhile readiness is off.
+    assert!(relay.wait_log("draining destinations", Duration::from_secs(5)));
+    let r = request(admin, &plain, "GET", "/readyz", None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    let m = relay.metrics().await;
+    assert_eq!(
+        m["kar_destination_backlog_records{destination=\"dead\"}"],
+        2.0
+    );
+    assert_eq!(m["kar_destination_up{destination=\"dead\"}"], 0.0);
+    let status = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(10))).unwrap();
+    assert!(status.success());
+    assert!(
+        relay.has_log("stopped with undelivered records"),
+        "{}",
+        relay.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_is_required_when_configured() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let relay = Relay::start(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"s\"\nurl = \"tcp://127.0.0.1:{}\"\n",
+        token_file.display(),
+        sink.addr.port()
+    ));
+    let body = eventlist(&small_events(1));
+    let send = |auth: Option<&'static str>| {
+        let body = body.clone();
+        let addr = relay.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut req = hyper::Request::post("/").header("content-type", "application/json");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = tx
+                .send_request(
+                    req.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers()
+                    .get("www-authenticate")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            )
+        }
+    };
+    assert_eq!(send(None).await, (401, Some("Bearer".to_owned())));
+    assert_eq!(send(Some("Bearer wrong")).await.0, 401);
+    assert_eq!(send(Some("Bearer s3cret-toke")).await.0, 401);
+    assert_eq!(send(Some("s3cret-token")).await.0, 401);
+    assert_eq!(send(Some("Bearer s3cret-token")).await.0, 200);
+    assert_eq!(sink.wait_for(1, Duration::from_secs(5)).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_destination_does_not_hold_back_a_live_one() {
+    let live = Sink::start(Framing::Lf, None).await;
+    let dead = support::free_port();
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+[queue]
+kind = "disk"
+data_dir = "q"
+[[destination]]
+name = "dead"
+url = "tcp://127.0.0.1:{dead}"
+[[destination]]
+name = "live"
+url = "tcp://127.0.0.1:{live}"
+framing = "lf"
+"#,
+        live = live.addr.port()
+    ));
+    let events = small_events(30);
+    for chunk in events.chunks(10) {
+        assert_eq!(
+            post_batch(relay.addr, &ClientOptions::default(), eventlist(chunk))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert_eq!(live.wait_for(30, Duration::from_secs(5)).len(), 30);
+    let m = relay.metrics().await;
+    assert_eq!(
+        m["kar_destination_backlog_records{destination=\"dead\"}"],
+        30.0
+    );
+    assert_eq!(m["kar_destination_up{destination=\"dead\"}"], 0.0);
+    assert_eq!(m["kar_destination_up{destination=\"live\"}"], 1.0);
+}
