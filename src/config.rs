@@ -112,6 +112,10 @@ pub struct ListenConfig {
     pub request_timeout: Duration,
     /// `Retry-After` seconds sent with 503 when the queue is full (1 to 30). Default 2.
     pub retry_after_seconds: u32,
+    /// How often the certificate files are checked for changes (rotation without restart).
+    /// Default 10s.
+    #[serde(with = "duration")]
+    pub tls_reload_interval: Duration,
     /// File holding the bearer token the apiserver must send (kubeconfig `token`); requests
     /// without it get 401. Default: no token check.
     pub token_file: Option<PathBuf>,
@@ -134,6 +138,7 @@ impl Default for ListenConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(25),
             retry_after_seconds: 2,
+            tls_reload_interval: Duration::from_secs(10),
             token_file: None,
         }
     }

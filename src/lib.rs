@@ -29,7 +29,6 @@ pub mod webhook;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -106,7 +105,14 @@ pub async fn run(
         None => None,
     };
     let renderer = Renderer::new(&config.syslog, &record_hostname(&config));
-    let tls = tls::server_config(&config.listen)?.map(TlsAcceptor::from);
+    let tls = tls::ReloadingServerConfig::load(&config.listen)?;
+    if let Some(reloading) = &tls {
+        tokio::spawn(
+            reloading
+                .clone()
+                .watch(config.listen.tls_reload_interval, shutdown.child_token()),
+        );
+    }
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
     let queue = Queue::open(&config.queue, &names).await?;
     let mut destinations = Vec::with_capacity(config.destinations.len());

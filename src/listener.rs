@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::ReloadingServerConfig;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,7 +51,7 @@ impl From<&ListenConfig> for ConnectionLimits {
 /// `Connection: close` after the current request).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadingServerConfig>>,
     webhook: Arc<Webhook>,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
@@ -102,7 +102,7 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadingServerConfig>>,
     webhook: Arc<Webhook>,
     http: auto::Builder<TokioExecutor>,
     limits: &ConnectionLimits,
@@ -123,7 +123,8 @@ async fn serve_connection(
             )
             .await
         }
-        Some(acceptor) => {
+        Some(reloading) => {
+            let acceptor = reloading.acceptor();
             let handshake =
                 tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
             let stream = tokio::select! {

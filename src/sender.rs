@@ -73,7 +73,7 @@ enum Connector {
     Tls {
         host: String,
         port: u16,
-        connector: TlsConnector,
+        client: tls::ReloadingClientConfig,
         server_name: ServerName<'static>,
     },
     Stdout,
@@ -142,11 +142,12 @@ impl Destination {
                 host,
                 port,
             } => {
-                let client =
-                    tls::client_config(config).map_err(|source| DestinationError::Tls {
+                let client = tls::ReloadingClientConfig::load(config).map_err(|source| {
+                    DestinationError::Tls {
                         name: config.name.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 let name = config.server_name.clone().unwrap_or_else(|| host.clone());
                 let server_name =
                     ServerName::try_from(name).map_err(|e| DestinationError::Url {
@@ -156,7 +157,7 @@ impl Destination {
                 Connector::Tls {
                     host,
                     port,
-                    connector: TlsConnector::from(client),
+                    client,
                     server_name,
                 }
             }
@@ -223,7 +224,7 @@ impl Destination {
 
     async fn connect_and_send(&mut self, signals: &StopSignals) -> Result<(), ConnectionEnd> {
         let timeout = self.config.connect_timeout;
-        match &self.connector {
+        match &mut self.connector {
             Connector::Stdout => {
                 let stdout = tokio::io::stdout();
                 self.send_loop(tokio::io::empty(), stdout, signals).await
@@ -241,12 +242,15 @@ impl Destination {
             Connector::Tls {
                 host,
                 port,
-                connector,
+                client,
                 server_name,
             } => {
+                // Certificates rotated on disk are picked up at the next connection.
+                let connector = TlsConnector::from(client.for_next_connection());
+                let (host, port, server_name) = (host.clone(), *port, server_name.clone());
                 let deadline = Instant::now() + timeout;
-                let stream = connect_tcp(host, *port, timeout, signals).await?;
-                let handshake = connector.connect(server_name.clone(), stream);
+                let stream = connect_tcp(&host, port, timeout, signals).await?;
+                let handshake = connector.connect(server_name, stream);
                 let stream = tokio::select! {
                     _ = signals.stop.cancelled() => return Ok(()),
                     r = tokio::time::timeout_at(deadline, handshake) => match r {

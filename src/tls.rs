@@ -181,3 +181,158 @@ pub fn client_config(dest: &DestinationConfig) -> Result<Arc<ClientConfig>, TlsE
     };
     Ok(Arc::new(config))
 }
+
+/// Hash of the contents of the given files (missing files hash as empty), to notice any
+/// change, including a Kubernetes Secret volume swapping its `..data` symlink, which leaves
+/// modification times of the visible paths untouched.
+fn files_fingerprint(files: &[&Path]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let contents: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap_or_default())
+        .collect();
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(&contents)
+}
+
+/// The listener's TLS configuration, reloaded when its files change.
+///
+/// Each new connection gets the configuration current at its accept; connections already
+/// open keep theirs. A new set of files that does not load (a half-written secret, a key that
+/// does not match) is logged and the previous configuration stays in use.
+#[derive(Debug)]
+pub struct ReloadingServerConfig {
+    listen: ListenConfig,
+    current: std::sync::RwLock<Arc<ServerConfig>>,
+    /// Fingerprint of the files last seen (loaded or rejected).
+    seen: std::sync::Mutex<u64>,
+}
+
+impl ReloadingServerConfig {
+    /// Loads the listener's configuration, or `None` for plain HTTP.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the files are unusable at start-up.
+    pub fn load(listen: &ListenConfig) -> Result<Option<Arc<Self>>, TlsError> {
+        let Some(config) = server_config(listen)? else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(Self {
+            seen: std::sync::Mutex::new(files_fingerprint(&Self::files_of(listen))),
+            listen: listen.clone(),
+            current: std::sync::RwLock::new(config),
+        })))
+    }
+
+    fn files_of(listen: &ListenConfig) -> Vec<&Path> {
+        [&listen.tls_cert, &listen.tls_key, &listen.client_ca]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    /// An acceptor with the current configuration.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+
+    /// Reloads if the files changed since the last look. Returns whether a new
+    /// configuration is now in use.
+    pub fn reload_if_changed(&self) -> bool {
+        let fingerprint = files_fingerprint(&Self::files_of(&self.listen));
+        {
+            let Ok(mut seen) = self.seen.lock() else {
+                return false;
+            };
+            if *seen == fingerprint {
+                return false;
+            }
+            *seen = fingerprint;
+        }
+        match server_config(&self.listen) {
+            Ok(Some(config)) => {
+                if let Ok(mut current) = self.current.write() {
+                    *current = config;
+                }
+                tracing::info!("listener certificates reloaded");
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "new listener certificate files do not load; keeping the previous ones");
+                false
+            }
+        }
+    }
+
+    /// Polls the files every `interval` until `stop` is cancelled.
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let this = self.clone();
+            // File reads and certificate parsing are blocking work.
+            let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+        }
+    }
+}
+
+/// A destination's client configuration, rebuilt at connect time when its files changed.
+#[derive(Debug)]
+pub struct ReloadingClientConfig {
+    dest: DestinationConfig,
+    current: Arc<ClientConfig>,
+    fingerprint: u64,
+}
+
+impl ReloadingClientConfig {
+    /// Loads the destination's configuration.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the files are unusable at start-up.
+    pub fn load(dest: &DestinationConfig) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: client_config(dest)?,
+            fingerprint: files_fingerprint(&Self::files_of(dest)),
+            dest: dest.clone(),
+        })
+    }
+
+    fn files_of(dest: &DestinationConfig) -> Vec<&Path> {
+        [&dest.ca, &dest.client_cert, &dest.client_key]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    /// The configuration for the next connection, reloaded first if the files changed.
+    pub fn for_next_connection(&mut self) -> Arc<ClientConfig> {
+        let fingerprint = files_fingerprint(&Self::files_of(&self.dest));
+        if fingerprint != self.fingerprint {
+            self.fingerprint = fingerprint;
+            match client_config(&self.dest) {
+                Ok(config) => {
+                    tracing::info!(destination = %self.dest.name, "destination certificates reloaded");
+                    self.current = config;
+                }
+                Err(e) => tracing::warn!(destination = %self.dest.name, error = %e,
+                    "new destination certificate files do not load; keeping the previous ones"),
+            }
+        }
+        self.current.clone()
+    }
+}

@@ -81,6 +81,7 @@ fn example_config_parses_with_every_key() {
         "confirm_after",
         "batch_bytes",
         "token_file",
+        "tls_reload_interval",
     ] {
         assert!(
             text.lines()
