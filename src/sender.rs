@@ -73,7 +73,7 @@ enum Connector {
     Tls {
         host: String,
         port: u16,
-        client: tls::ReloadingClientConfig,
+        client: Box<tls::ReloadingClientConfig>,
         server_name: ServerName<'static>,
     },
     Stdout,
@@ -157,7 +157,7 @@ impl Destination {
                 Connector::Tls {
                     host,
                     port,
-                    client,
+                    client: Box::new(client),
                     server_name,
                 }
             }
