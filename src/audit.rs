@@ -92,6 +92,23 @@ pub struct EventView<'a> {
     /// `timestamp` (audit.k8s.io/v1beta1).
     #[serde(default, borrow)]
     pub timestamp: Option<Cow<'a, str>>,
+    /// `level` (`Metadata`, `Request`, `RequestResponse`).
+    #[serde(default, borrow)]
+    pub level: Option<Cow<'a, str>>,
+    /// `objectRef`.
+    #[serde(default, rename = "objectRef", borrow)]
+    pub object_ref: Option<ObjectRefView<'a>>,
+}
+
+/// `objectRef` of an event.
+#[derive(Debug, Deserialize)]
+pub struct ObjectRefView<'a> {
+    /// `objectRef.resource`, e.g. `secrets`.
+    #[serde(default, borrow)]
+    pub resource: Option<Cow<'a, str>>,
+    /// `objectRef.namespace`.
+    #[serde(default, borrow)]
+    pub namespace: Option<Cow<'a, str>>,
 }
 
 /// `user` of an event.
@@ -100,6 +117,9 @@ pub struct UserView<'a> {
     /// `username`; empty for unauthenticated requests.
     #[serde(default, borrow)]
     pub username: Option<Cow<'a, str>>,
+    /// `groups`.
+    #[serde(default, borrow)]
+    pub groups: Vec<Cow<'a, str>>,
 }
 
 /// `responseStatus` of an event.
@@ -214,7 +234,7 @@ pub fn write_compact(out: &mut Vec<u8>, json: &str) {
 }
 
 /// An object's members in their original order, values left raw.
-struct OrderedObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(crate) struct OrderedObject<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for OrderedObject<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

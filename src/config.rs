@@ -63,6 +63,12 @@ pub struct Config {
     /// Where events go; `stdout` when none is given.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+    /// Keep/drop rules, first match decides.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<crate::filter::FilterRule>,
+    /// JSON pointers to redact before events are stored.
+    #[serde(default)]
+    pub redact: Vec<crate::filter::RedactRule>,
 }
 
 /// `client_auth`: whether the webhook listener asks for client certificates.
@@ -602,6 +608,8 @@ impl Config {
             shutdown: ShutdownConfig::default(),
             admin: AdminConfig::default(),
             destinations: vec![DestinationConfig::stdout()],
+            filters: Vec::new(),
+            redact: Vec::new(),
         }
     }
 
@@ -772,6 +780,10 @@ impl Config {
         }
         if self.queue.segment_bytes.0 < 4096 {
             return Err(bad("queue.segment_bytes", "must be at least 4096".into()));
+        }
+        for (i, r) in self.redact.iter().enumerate() {
+            r.segments()
+                .map_err(|reason| bad(&format!("redact[{i}].pointer"), reason))?;
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {

@@ -18,6 +18,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dedupe;
+pub mod filter;
 pub mod listener;
 pub mod metrics;
 pub mod queue;

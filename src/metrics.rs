@@ -29,6 +29,10 @@ pub struct Metrics {
     pub events_deduplicated: Counter,
     /// `kar_events_truncated_total`: events shortened by the apiserver truncation rule.
     pub events_truncated: Counter,
+    /// `kar_events_filtered_total`: events dropped by a filter rule.
+    pub events_filtered: Counter,
+    /// `kar_events_redacted_total`: events with at least one redacted value.
+    pub events_redacted: Counter,
     /// `kar_events_dropped_total{reason}`: events that could not be relayed (too large).
     pub events_dropped: Family<Labels, Counter>,
     /// `kar_events_sent_total{destination}`: records confirmed delivered.
@@ -61,6 +65,8 @@ impl Metrics {
             events_received: Counter::default(),
             events_deduplicated: Counter::default(),
             events_truncated: Counter::default(),
+            events_filtered: Counter::default(),
+            events_redacted: Counter::default(),
             events_dropped: Family::default(),
             events_sent: Family::default(),
             destination_up: Family::default(),
@@ -93,6 +99,16 @@ impl Metrics {
             "events_truncated",
             "Events shortened by the apiserver truncation rule",
             m.events_truncated.clone(),
+        );
+        registry.register(
+            "events_filtered",
+            "Events dropped by a filter rule",
+            m.events_filtered.clone(),
+        );
+        registry.register(
+            "events_redacted",
+            "Events with at least one redacted value",
+            m.events_redacted.clone(),
         );
         registry.register(
             "events_dropped",

@@ -14,10 +14,12 @@ use hyper::header::{
     ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
+use serde_json::value::RawValue;
 use tokio::time::{Instant, timeout_at};
 
 use crate::audit::{AuditError, EventList, EventView};
 use crate::dedupe::{Dedupe, Key, KeySet};
+use crate::filter::Policy;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
 use crate::syslog::{Renderer, timestamp};
@@ -84,6 +86,7 @@ pub struct Webhook {
     dedupe: Dedupe,
     queue: Queue,
     metrics: Arc<Metrics>,
+    policy: Policy,
     /// Expected `Authorization` header value (`Bearer TOKEN`), when a token is configured.
     authorization: Option<Vec<u8>>,
 }
@@ -101,6 +104,10 @@ pub struct BatchSummary {
     pub truncated: usize,
     /// Items dropped because even truncated they exceed `max_message_bytes`.
     pub too_large: usize,
+    /// Items dropped by a filter rule.
+    pub filtered: usize,
+    /// Items with at least one redacted value.
+    pub redacted: usize,
 }
 
 impl Webhook {
@@ -114,6 +121,7 @@ impl Webhook {
     ) -> Self {
         Self {
             metrics,
+            policy: Policy::new(&config.filters, &config.redact),
             authorization: token.map(|t| format!("Bearer {}", t.trim()).into_bytes()),
             path: config.listen.path.clone(),
             max_body_bytes: config.listen.max_body_bytes.as_usize(),
@@ -153,6 +161,8 @@ impl Webhook {
                 m.events_received.inc_by(summary.items as u64);
                 m.events_deduplicated.inc_by(summary.duplicates as u64);
                 m.events_truncated.inc_by(summary.truncated as u64);
+                m.events_filtered.inc_by(summary.filtered as u64);
+                m.events_redacted.inc_by(summary.redacted as u64);
                 if summary.too_large > 0 {
                     m.events_dropped
                         .get_or_create(&vec![("reason", "too_large".to_owned())])
@@ -291,6 +301,16 @@ impl Webhook {
                 summary.duplicates += 1;
                 continue;
             }
+            if !self.policy.keep(view) {
+                summary.filtered += 1;
+                continue;
+            }
+            let redacted = self
+                .policy
+                .redact(item, view)
+                .and_then(|text| RawValue::from_string(text).ok());
+            summary.redacted += usize::from(redacted.is_some());
+            let item = redacted.as_deref().unwrap_or(item);
             match self.renderer.render(item, view, &received_at) {
                 Ok(rendered) => {
                     summary.truncated += usize::from(rendered.truncated);

@@ -281,3 +281,100 @@ framing = "lf"
     assert_eq!(m["kar_destination_up{destination=\"dead\"}"], 0.0);
     assert_eq!(m["kar_destination_up{destination=\"live\"}"], 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_redaction_on_corpus_events() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+[syslog]
+max_message_bytes = "1MiB"
+[queue]
+kind = "memory"
+[[destination]]
+name = "sink"
+url = "tcp://127.0.0.1:{port}"
+[[filter]]
+action = "keep"
+user = ["system:admin"]
+[[filter]]
+action = "drop"
+verb = ["get", "list", "watch"]
+[[redact]]
+pointer = "/responseObject/data"
+resource = ["configmaps", "secrets"]
+[[redact]]
+pointer = "/requestObject/data"
+resource = ["configmaps", "secrets"]
+"#,
+        port = sink.addr.port()
+    ));
+    let events = all_corpus_events();
+    for chunk in events.chunks(20) {
+        assert_eq!(
+            post_batch(relay.addr, &ClientOptions::default(), eventlist(chunk))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    // The expectation, computed here from the events themselves.
+    let kept: Vec<&support::CorpusEvent> = events
+        .iter()
+        .filter(|e| {
+            let user = e
+                .value
+                .pointer("/user/username")
+                .and_then(|u| u.as_str())
+                .unwrap_or("");
+            let verb = e.value.get("verb").and_then(|v| v.as_str()).unwrap_or("");
+            user == "system:admin" || !["get", "list", "watch"].contains(&verb)
+        })
+        .collect();
+    assert!(kept.len() < events.len() && !kept.is_empty());
+    let got = sink.wait_for(kept.len(), Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count(), kept.len(), "exactly the kept events");
+    let mut redacted = 0;
+    for (raw, e) in got.iter().zip(&kept) {
+        let m = kube_audit_relay::syslog::parse_strict(raw).unwrap();
+        let msg: serde_json::Value = serde_json::from_slice(m.msg).unwrap();
+        assert_eq!(msg["auditID"], e.audit_id.as_str());
+        let resource = e
+            .value
+            .pointer("/objectRef/resource")
+            .and_then(|r| r.as_str())
+            .unwrap_or("");
+        let sensitive = ["configmaps", "secrets"].contains(&resource)
+            && (e.value.pointer("/responseObject/data").is_some()
+                || e.value.pointer("/requestObject/data").is_some());
+        if sensitive {
+            redacted += 1;
+            for p in ["/responseObject/data", "/requestObject/data"] {
+                if e.value.pointer(p).is_some() {
+                    assert_eq!(msg.pointer(p).unwrap(), "[REDACTED]", "{} {p}", e.audit_id);
+                }
+            }
+            let text = std::str::from_utf8(m.msg).unwrap();
+            assert!(
+                text.starts_with(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","#),
+                "order kept"
+            );
+        } else {
+            support::assert_same(
+                std::str::from_utf8(m.msg).unwrap(),
+                &e.expected_msg(),
+                &e.audit_id,
+            );
+        }
+    }
+    assert!(redacted > 0, "the corpus has configmaps with data");
+    let metrics = relay.metrics().await;
+    assert_eq!(
+        metrics["kar_events_filtered_total"],
+        (events.len() - kept.len()) as f64
+    );
+    assert_eq!(metrics["kar_events_redacted_total"], f64::from(redacted));
+}

@@ -1,0 +1,331 @@
+//! Routing policy applied before the queue: filter rules that keep or drop events by stage,
+//! verb, user or group (globs), namespace, resource, level and response code; and redaction of
+//! JSON pointers (e.g. `/requestObject/data` of Secrets) with a fixed marker.
+//!
+//! Rules are tried in order and the first that matches decides; an event no rule matches is
+//! kept. Within a rule every field given must match (a list matches when any entry does).
+//! Redaction rewrites only the members on the pointer's path; every other byte, and the key
+//! order, stay as received, and the result is valid JSON.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::audit::{EventView, OrderedObject};
+
+/// What replaces a redacted value.
+pub const REDACTED: &str = "\"[REDACTED]\"";
+
+/// `action` of a filter rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Relay matching events (and stop looking).
+    Keep,
+    /// Drop matching events (counted in `kar_events_filtered_total`).
+    Drop,
+}
+
+/// One `[[filter]]` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRule {
+    /// `keep` or `drop`.
+    pub action: Action,
+    /// Stages, e.g. `["RequestReceived"]`.
+    #[serde(default)]
+    pub stage: Vec<String>,
+    /// Verbs, e.g. `["get", "list", "watch"]`.
+    #[serde(default)]
+    pub verb: Vec<String>,
+    /// User names, `*` globs allowed (`system:serviceaccount:kube-system:*`).
+    #[serde(default)]
+    pub user: Vec<String>,
+    /// Groups (globs); matches when any group of the user matches.
+    #[serde(default)]
+    pub group: Vec<String>,
+    /// `objectRef.namespace` values (globs).
+    #[serde(default)]
+    pub namespace: Vec<String>,
+    /// `objectRef.resource` values, e.g. `["events", "leases"]`.
+    #[serde(default)]
+    pub resource: Vec<String>,
+    /// Audit levels.
+    #[serde(default)]
+    pub level: Vec<String>,
+    /// `responseStatus.code` values.
+    #[serde(default)]
+    pub code: Vec<i64>,
+}
+
+/// One `[[redact]]` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRule {
+    /// RFC 6901 JSON pointer of the value to replace, e.g. `/requestObject/data`.
+    pub pointer: String,
+    /// Only for events on these resources (empty: all).
+    #[serde(default)]
+    pub resource: Vec<String>,
+}
+
+impl RedactRule {
+    /// The pointer's unescaped segments.
+    ///
+    /// # Errors
+    /// When the pointer does not start with `/` or is only `/`.
+    pub fn segments(&self) -> Result<Vec<String>, String> {
+        let rest = self.pointer.strip_prefix('/').ok_or_else(|| {
+            format!(
+                "`{}` is not a JSON pointer (it must start with `/`)",
+                self.pointer
+            )
+        })?;
+        if rest.is_empty() {
+            return Err("the whole event cannot be redacted".into());
+        }
+        Ok(rest
+            .split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect())
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+impl FilterRule {
+    /// Whether every given field matches the event.
+    pub fn matches(&self, e: &EventView<'_>) -> bool {
+        let any_glob =
+            |patterns: &[String], value: &str| patterns.iter().any(|p| glob_match(p, value));
+        let field = |patterns: &[String], value: Option<&str>| {
+            patterns.is_empty() || value.is_some_and(|v| any_glob(patterns, v))
+        };
+        let object = e.object_ref.as_ref();
+        field(&self.stage, Some(&e.stage))
+            && field(&self.verb, e.verb.as_deref())
+            && field(&self.user, Some(e.username()))
+            && (self.group.is_empty()
+                || e.user
+                    .as_ref()
+                    .is_some_and(|u| u.groups.iter().any(|g| any_glob(&self.group, g))))
+            && field(&self.namespace, object.and_then(|o| o.namespace.as_deref()))
+            && field(&self.resource, object.and_then(|o| o.resource.as_deref()))
+            && field(&self.level, e.level.as_deref())
+            && (self.code.is_empty() || e.code().is_some_and(|c| self.code.contains(&c)))
+    }
+}
+
+/// The compiled policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    filters: Vec<FilterRule>,
+    redactions: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl Policy {
+    /// Builds the policy; pointers were validated with the configuration.
+    pub fn new(filters: &[FilterRule], redactions: &[RedactRule]) -> Self {
+        Self {
+            filters: filters.to_vec(),
+            redactions: redactions
+                .iter()
+                .filter_map(|r| r.segments().ok().map(|s| (s, r.resource.clone())))
+                .collect(),
+        }
+    }
+
+    /// Whether the event is relayed.
+    pub fn keep(&self, e: &EventView<'_>) -> bool {
+        self.filters
+            .iter()
+            .find(|f| f.matches(e))
+            .is_none_or(|f| f.action == Action::Keep)
+    }
+
+    /// The item with every applicable pointer redacted, or `None` when nothing changed.
+    pub fn redact(&self, item: &RawValue, e: &EventView<'_>) -> Option<String> {
+        let resource = e
+            .object_ref
+            .as_ref()
+            .and_then(|o| o.resource.as_deref())
+            .unwrap_or("");
+        let mut current: Option<String> = None;
+        for (path, resources) in &self.redactions {
+            if !resources.is_empty() && !resources.iter().any(|r| r == resource) {
+                continue;
+            }
+            let text = current.as_deref().unwrap_or(item.get());
+            if let Some(next) = redact_path(text, path) {
+                current = Some(next);
+            }
+        }
+        current
+    }
+}
+
+/// Replaces the value at `path` in the JSON `text`; `None` when the path does not exist.
+fn redact_path(text: &str, path: &[String]) -> Option<String> {
+    let (first, rest) = path.split_first()?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        let object: OrderedObject<'_> = serde_json::from_str(text).ok()?;
+        let index = object.0.iter().position(|(k, _)| k == first)?;
+        let replacement = if rest.is_empty() {
+            REDACTED.to_owned()
+        } else {
+            redact_path(object.0[index].1.get(), rest)?
+        };
+        let mut out = String::with_capacity(text.len());
+        out.push('{');
+        for (i, (k, v)) in object.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(k).ok()?);
+            out.push(':');
+            out.push_str(if i == index { &replacement } else { v.get() });
+        }
+        out.push('}');
+        Some(out)
+    } else if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+        let index: usize = first.parse().ok()?;
+        let target = items.get(index)?;
+        let replacement = if rest.is_empty() {
+            REDACTED.to_owned()
+        } else {
+            redact_path(target.get(), rest)?
+        };
+        let parts: Vec<&str> = items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if i == index {
+                    replacement.as_str()
+                } else {
+                    v.get()
+                }
+            })
+            .collect();
+        Some(format!("[{}]", parts.join(",")))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(json: &str) -> (Box<RawValue>, String) {
+        (serde_json::from_str(json).unwrap(), json.to_owned())
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(
+            "system:serviceaccount:kube-system:*",
+            "system:serviceaccount:kube-system:coredns"
+        ));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*c*e", "abcde"));
+        assert!(!glob_match("a*c", "abd"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+
+    #[test]
+    fn first_matching_rule_decides() {
+        let rules: Vec<FilterRule> =
+            toml::from_str::<std::collections::HashMap<String, Vec<FilterRule>>>(
+                r#"filter = [
+                { action = "keep", user = ["admin"] },
+                { action = "drop", verb = ["get", "list", "watch"] },
+                { action = "drop", group = ["system:nodes"], resource = ["leases"] },
+            ]"#,
+            )
+            .unwrap()
+            .remove("filter")
+            .unwrap();
+        let policy = Policy::new(&rules, &[]);
+        let keep = |json: &str| {
+            let (raw, _) = view(json);
+            policy.keep(&EventView::parse(0, &raw).unwrap())
+        };
+        assert!(keep(
+            r#"{"auditID":"1","stage":"S","verb":"get","user":{"username":"admin"}}"#
+        ));
+        assert!(!keep(
+            r#"{"auditID":"1","stage":"S","verb":"get","user":{"username":"bob"}}"#
+        ));
+        assert!(!keep(
+            r#"{"auditID":"1","stage":"S","verb":"update","user":{"username":"n","groups":["system:nodes"]},"objectRef":{"resource":"leases"}}"#
+        ));
+        assert!(keep(
+            r#"{"auditID":"1","stage":"S","verb":"update","user":{"username":"n","groups":["system:nodes"]},"objectRef":{"resource":"pods"}}"#
+        ));
+        assert!(keep(r#"{"auditID":"1","stage":"S","verb":"create"}"#));
+    }
+
+    #[test]
+    fn redaction_keeps_order_and_validity() {
+        let rule = |p: &str, r: &[&str]| RedactRule {
+            pointer: p.into(),
+            resource: r.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let policy = Policy::new(
+            &[],
+            &[
+                rule("/requestObject/data", &["secrets"]),
+                rule("/annotations/a~1b", &[]),
+                rule("/list/1", &[]),
+            ],
+        );
+        let (raw, _) = view(
+            r#"{"auditID":"1","stage":"S","objectRef":{"resource":"secrets"},"requestObject":{"kind":"Secret","data":{"k":"c2VjcmV0"}},"annotations":{"a/b":"x","c":"y"},"list":[1,{"n":2},3]}"#,
+        );
+        let e = EventView::parse(0, &raw).unwrap();
+        assert_eq!(
+            policy.redact(&raw, &e).unwrap(),
+            r#"{"auditID":"1","stage":"S","objectRef":{"resource":"secrets"},"requestObject":{"kind":"Secret","data":"[REDACTED]"},"annotations":{"a/b":"[REDACTED]","c":"y"},"list":[1,"[REDACTED]",3]}"#
+        );
+        let (raw, _) = view(
+            r#"{"auditID":"1","stage":"S","objectRef":{"resource":"configmaps"},"requestObject":{"data":{}}}"#,
+        );
+        let e = EventView::parse(0, &raw).unwrap();
+        assert_eq!(
+            policy.redact(&raw, &e),
+            None,
+            "the secrets-only rule does not apply; no other path exists"
+        );
+        assert!(
+            RedactRule {
+                pointer: "x".into(),
+                resource: vec![]
+            }
+            .segments()
+            .is_err()
+        );
+    }
+}
