@@ -217,6 +217,19 @@ pub struct QueueConfig {
     pub max_bytes: ByteSize,
     /// Size at which a new segment file is started, at most `max_bytes / 8`. Default 64 MiB.
     pub segment_bytes: ByteSize,
+    /// What a full queue does: `reject` (503, the default: nothing acknowledged is ever lost)
+    /// or `drop_oldest` (delete the oldest undelivered events to make room; counted and logged).
+    pub when_full: WhenFull,
+}
+
+/// `queue.when_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse new batches with 503 + Retry-After.
+    Reject,
+    /// Make room by deleting the oldest stored events (they are lost; counted and logged).
+    DropOldest,
 }
 
 impl Default for QueueConfig {
@@ -224,6 +237,7 @@ impl Default for QueueConfig {
         Self {
             kind: QueueKind::Disk,
             data_dir: PathBuf::from("data"),
+            when_full: WhenFull::Reject,
             max_bytes: ByteSize(1 << 30),
             segment_bytes: ByteSize(64 << 20),
         }

@@ -82,6 +82,7 @@ fn example_config_parses_with_every_key() {
         "batch_bytes",
         "token_file",
         "tls_reload_interval",
+        "when_full",
     ] {
         assert!(
             text.lines()

@@ -108,6 +108,8 @@ struct Shared {
     state: Mutex<State>,
     appended: Notify,
     skipped_records: AtomicU64,
+    /// Events deleted undelivered by `when_full = "drop_oldest"`.
+    dropped_oldest: AtomicU64,
 }
 
 impl Shared {
@@ -179,6 +181,7 @@ impl DiskQueue {
             max_bytes: config.max_bytes.0,
             segment_bytes: effective_segment_bytes(&config),
             broken: None,
+            drop_oldest: config.when_full == crate::config::WhenFull::DropOldest,
         };
         let writer_thread = std::thread::Builder::new()
             .name("queue-writer".into())
@@ -252,6 +255,11 @@ impl DiskQueue {
             .collect()
     }
 
+    /// Events deleted undelivered by `when_full = "drop_oldest"`.
+    pub fn dropped_oldest(&self) -> u64 {
+        self.shared.dropped_oldest.load(Ordering::Relaxed)
+    }
+
     /// Records skipped by readers because they failed their CRC.
     pub fn skipped_records(&self) -> u64 {
         self.shared.skipped_records.load(Ordering::Relaxed)
@@ -310,6 +318,8 @@ struct Writer {
     segment_bytes: u64,
     /// Set after a failed write that could not be rolled back; appends then fail until restart.
     broken: Option<String>,
+    /// `when_full = "drop_oldest"`.
+    drop_oldest: bool,
 }
 
 struct ActiveSegment {
@@ -357,7 +367,7 @@ impl Writer {
         let mut accepted = Vec::with_capacity(group.len());
         let mut result: Result<Position, io::Error> = Ok(start.3);
         // Readers release segments concurrently, so the group only adds to the shared count.
-        let already = self.shared.lock().bytes;
+        let mut already = self.shared.lock().bytes;
         let mut added = 0u64;
         let mut rolled = Vec::new();
         for (records, reply) in group.drain(..) {
@@ -366,6 +376,10 @@ impl Writer {
                 continue;
             }
             let incoming: u64 = records.iter().map(|r| r.len() as u64 + RECORD_HEADER).sum();
+            if already + added + incoming > self.max_bytes && self.drop_oldest {
+                let freed = self.drop_oldest_segments(already + added + incoming - self.max_bytes);
+                already = already.saturating_sub(freed);
+            }
             let stored = already + added;
             if stored + incoming > self.max_bytes {
                 let _ = reply.send(Err(QueueError::Full {
@@ -422,6 +436,61 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Deletes the oldest sealed segments until `need` bytes are free, moving every cursor
+    /// that pointed into them to the next segment. Returns the bytes freed.
+    fn drop_oldest_segments(&mut self, need: u64) -> u64 {
+        let mut s = self.shared.lock();
+        let (mut freed, mut dropped) = (0u64, 0u64);
+        while freed < need {
+            let Some((&id, &seg)) = s.segments.iter().next() else {
+                break;
+            };
+            if id == self.file.id {
+                break;
+            }
+            let Some((&next_id, next)) = s.segments.range(id + 1..).next() else {
+                break;
+            };
+            let next_first = next.first_seq;
+            if let Err(e) = fs::remove_file(segment_path(&self.shared.dir, id)) {
+                tracing::error!(segment = id, error = %e, "cannot delete the oldest segment to make room");
+                break;
+            }
+            s.segments.remove(&id);
+            s.bytes = s.bytes.saturating_sub(seg.len);
+            freed += seg.len;
+            let lowest = s
+                .committed
+                .iter()
+                .map(|c| c.seq)
+                .min()
+                .unwrap_or(next_first);
+            dropped += next_first.saturating_sub(lowest.max(seg.first_seq));
+            let resume = Position {
+                seq: next_first,
+                segment: next_id,
+                offset: SEGMENT_HEADER,
+            };
+            for c in &mut s.committed {
+                if c.segment <= id {
+                    *c = resume;
+                }
+            }
+        }
+        drop(s);
+        if freed > 0 {
+            self.shared
+                .dropped_oldest
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::error!(
+                events = dropped,
+                bytes = freed,
+                "queue full: dropped the oldest undelivered events (queue.when_full = \"drop_oldest\")"
+            );
+        }
+        freed
     }
 
     /// Writes records after `end`, starting a new segment when the active one is full.
@@ -734,6 +803,7 @@ fn recover(dir: &Path, names: &[String]) -> Result<(Shared, File, ActiveSegment)
         }),
         appended: Notify::new(),
         skipped_records: AtomicU64::new(0),
+        dropped_oldest: AtomicU64::new(0),
     };
     Ok((shared, lock, active))
 }
@@ -1000,6 +1070,38 @@ mod tests {
             data_dir: dir.to_owned(),
             max_bytes: ByteSize(max_bytes),
             segment_bytes: ByteSize(segment_bytes),
+            when_full: crate::config::WhenFull::Reject,
+        }
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_makes_room_counts_and_moves_cursors() {
+        for kind in [QueueKind::Disk, QueueKind::Memory] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = config(dir.path(), 32 << 10, 4096);
+            cfg.kind = kind;
+            cfg.when_full = crate::config::WhenFull::DropOldest;
+            let q = Queue::open(&cfg, &["a".to_owned()]).await.unwrap();
+            // 50 batches of 10 records (~1.2 KB each batch) into a 32 KiB queue nobody reads.
+            for i in 0..50 {
+                q.append(records(&format!("o{i:02}"), 10))
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?} batch {i}: {e}"));
+            }
+            let dropped = q.dropped_oldest();
+            assert!(dropped > 0, "{kind:?}: something was dropped");
+            let (got, _) = drain(&mut q.reader(0)).await;
+            assert_eq!(
+                got.len() as u64 + dropped,
+                500,
+                "{kind:?}: every record is either kept or counted as dropped"
+            );
+            assert_eq!(
+                got.last().unwrap(),
+                &names("o49", 9..10)[0],
+                "{kind:?}: the newest survive"
+            );
+            assert!(q.stats().bytes <= 32 << 10);
         }
     }
 

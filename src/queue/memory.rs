@@ -48,6 +48,9 @@ struct Shared {
     state: Mutex<State>,
     appended: Notify,
     max_bytes: u64,
+    /// `when_full = "drop_oldest"`.
+    drop_oldest: bool,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -68,7 +71,7 @@ pub struct MemoryQueue {
 
 impl MemoryQueue {
     /// A queue of at most `max_bytes` for `destinations` readers.
-    pub fn new(max_bytes: u64, destinations: usize) -> Self {
+    pub fn new(max_bytes: u64, destinations: usize, drop_oldest: bool) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -80,6 +83,8 @@ impl MemoryQueue {
                 }),
                 appended: Notify::new(),
                 max_bytes,
+                drop_oldest,
+                dropped: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -89,6 +94,40 @@ impl MemoryQueue {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(QueueError::Closed);
+        }
+        if state.bytes + incoming > self.shared.max_bytes
+            && self.shared.drop_oldest
+            && incoming <= self.shared.max_bytes
+        {
+            // Make room: the oldest records go, counted and logged; cursors past them move up.
+            let lowest = state
+                .cursors
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(state.first_seq);
+            let mut dropped = 0u64;
+            while state.bytes + incoming > self.shared.max_bytes {
+                let Some(r) = state.records.pop_front() else {
+                    break;
+                };
+                state.bytes -= r.len() as u64;
+                if state.first_seq >= lowest {
+                    dropped += 1;
+                }
+                state.first_seq += 1;
+            }
+            let first = state.first_seq;
+            for c in &mut state.cursors {
+                *c = (*c).max(first);
+            }
+            self.shared
+                .dropped
+                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                events = dropped,
+                "queue full: dropped the oldest undelivered events (queue.when_full = \"drop_oldest\")"
+            );
         }
         if state.bytes + incoming > self.shared.max_bytes {
             return Err(QueueError::Full {
@@ -120,6 +159,12 @@ impl MemoryQueue {
             bytes: state.bytes,
             end_seq: state.end_seq(),
         }
+    }
+
+    pub(super) fn dropped_oldest(&self) -> u64 {
+        self.shared
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(super) fn backlogs(&self) -> Vec<u64> {

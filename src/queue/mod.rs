@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::{QueueConfig, QueueKind};
+use crate::config::{QueueConfig, QueueKind, WhenFull};
 
 pub use disk::DiskQueue;
 pub use memory::MemoryQueue;
@@ -79,9 +79,11 @@ impl Queue {
     /// [`QueueError::Io`] when the data directory cannot be used.
     pub async fn open(config: &QueueConfig, destinations: &[String]) -> Result<Self, QueueError> {
         let backend = match config.kind {
-            QueueKind::Memory => {
-                Backend::Memory(MemoryQueue::new(config.max_bytes.0, destinations.len()))
-            }
+            QueueKind::Memory => Backend::Memory(MemoryQueue::new(
+                config.max_bytes.0,
+                destinations.len(),
+                config.when_full == WhenFull::DropOldest,
+            )),
             QueueKind::Disk => Backend::Disk(DiskQueue::open(config, destinations).await?),
         };
         Ok(Self(Arc::new(backend)))
@@ -124,6 +126,14 @@ impl Queue {
         match &*self.0 {
             Backend::Memory(q) => q.backlogs(),
             Backend::Disk(q) => q.backlogs(),
+        }
+    }
+
+    /// Events deleted undelivered by `when_full = "drop_oldest"` since start.
+    pub fn dropped_oldest(&self) -> u64 {
+        match &*self.0 {
+            Backend::Memory(q) => q.dropped_oldest(),
+            Backend::Disk(q) => q.dropped_oldest(),
         }
     }
 
