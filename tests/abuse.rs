@@ -314,3 +314,96 @@ async fn still_serving_tls(relay: &Relay) {
     .unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_stream_floods_and_resets() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = relay(
+        &sink,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\nmax_streams_per_connection = 16",
+            cert("server.crt"),
+            cert("server.key")
+        ),
+    );
+    let options = ClientOptions::https(None, true);
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(support::client_tls_config(&options))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // Rapid reset: 2 000 requests started and cancelled at once (RST_STREAM each).
+    for _ in 0..2000 {
+        let mut s = sender.clone();
+        let req = hyper::Request::post("/")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"{\"items\":[]}",
+            )))
+            .unwrap();
+        let f = tokio::spawn(async move { s.send_request(req).await });
+        f.abort();
+    }
+    // A flood of 500 concurrent streams on one connection: served 16 at a time, all answered.
+    let mut tasks = Vec::new();
+    for _ in 0..500 {
+        let mut s = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = hyper::Request::post("/")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"{\"items\":[]}",
+                )))
+                .unwrap();
+            s.send_request(req).await.map(|r| r.status().as_u16())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if let Ok(Ok(200)) = t.await {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 500, "every stream of the flood is answered");
+    still_serving_tls(&relay).await;
+}
+
+#[test]
+fn private_keys_never_reach_the_logs() {
+    // A config whose "certificate" file is actually a private key, and whose key file is a
+    // certificate: the start-up errors must name the files, never print their contents.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!("[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[admin]\naddress = \"off\"\n", cert("server.key"), cert("server.crt")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kube-audit-relay"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("server.key") || text.contains("server.crt"),
+        "the error names the file: {text}"
+    );
+    let key = std::fs::read_to_string(cert("server.key")).unwrap();
+    let key_body: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for line in key_body {
+        assert!(!text.contains(line), "private key material in the output");
+    }
+}
