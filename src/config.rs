@@ -317,13 +317,23 @@ pub enum Framing {
     Lf,
 }
 
+/// `format`: the syslog message format written to a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// RFC 5424 (the relay's own record).
+    Rfc5424,
+    /// RFC 3164 (BSD syslog), converted at send time.
+    Rfc3164,
+}
+
 /// `[[destination]]`: one syslog receiver.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Name used in logs, metrics and the cursor file.
     pub name: String,
-    /// `tls://host:port`, `tcp://host:port` or `stdout`.
+    /// `tls://host:port`, `tcp://host:port`, `udp://host:port` or `stdout`.
     pub url: String,
     /// CA bundle for the receiver's certificate; the system roots when unset (TLS only).
     #[serde(default)]
@@ -337,9 +347,16 @@ pub struct DestinationConfig {
     /// Name used for SNI and certificate verification instead of the URL host (TLS only).
     #[serde(default)]
     pub server_name: Option<String>,
-    /// `octet` (default) or `lf`.
+    /// `octet` (default) or `lf`; ignored for `udp://` (one record per datagram).
     #[serde(default = "default_framing")]
     pub framing: Framing,
+    /// `rfc5424` (default) or `rfc3164` for old receivers.
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// Largest datagram for `udp://`; larger records are truncated by the apiserver rule, or
+    /// dropped and counted. Default 8 KiB (rsyslog's imudp default).
+    #[serde(default = "default_max_datagram")]
+    pub max_datagram_bytes: ByteSize,
     /// Time allowed for TCP connect plus TLS handshake. Default 10s.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
@@ -364,6 +381,12 @@ pub struct DestinationConfig {
 
 fn default_framing() -> Framing {
     Framing::Octet
+}
+fn default_format() -> Format {
+    Format::Rfc5424
+}
+fn default_max_datagram() -> ByteSize {
+    ByteSize(8 << 10)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -395,6 +418,8 @@ impl DestinationConfig {
             client_key: None,
             server_name: None,
             framing: Framing::Lf,
+            format: Format::Rfc5424,
+            max_datagram_bytes: default_max_datagram(),
             connect_timeout: default_connect_timeout(),
             write_timeout: default_write_timeout(),
             backoff_initial: default_backoff_initial(),
@@ -438,6 +463,8 @@ pub enum Transport {
     Tls,
     /// Plain TCP (RFC 6587).
     Tcp,
+    /// UDP, one datagram per record (RFC 5426).
+    Udp,
 }
 
 /// Where a destination's URL points.
@@ -471,9 +498,10 @@ impl Endpoint {
         let transport = match scheme {
             "tls" => Transport::Tls,
             "tcp" => Transport::Tcp,
+            "udp" => Transport::Udp,
             other => {
                 return Err(format!(
-                    "unsupported scheme `{other}` (use tls, tcp or stdout)"
+                    "unsupported scheme `{other}` (use tls, tcp, udp or stdout)"
                 ));
             }
         };
@@ -838,6 +866,12 @@ impl Config {
                     ));
                 }
             }
+            if d.max_datagram_bytes.0 < 480 || d.max_datagram_bytes.0 > 65_507 {
+                return Err(bad(
+                    &key("max_datagram_bytes"),
+                    "must be between 480 and 65507".into(),
+                ));
+            }
             if d.batch_bytes.0 == 0 {
                 return Err(bad(&key("batch_bytes"), "must be above 0".into()));
             }
@@ -888,10 +922,10 @@ mod tests {
 
     #[test]
     fn bad_value_names_key() {
-        let err = parse("[[destination]]\nname = \"a\"\nurl = \"udp://x:1\"\n").unwrap_err();
+        let err = parse("[[destination]]\nname = \"a\"\nurl = \"ftp://x:1\"\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "test.toml: key `destination[0].url`: unsupported scheme `udp` (use tls, tcp or stdout)"
+            "test.toml: key `destination[0].url`: unsupported scheme `ftp` (use tls, tcp, udp or stdout)"
         );
         let err = parse("[listen]\nrequest_timeout = \"30\"\n").unwrap_err();
         assert!(err.to_string().contains("listen.request_timeout"), "{err}");

@@ -21,9 +21,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DestinationConfig, Endpoint, Framing, Transport};
+use crate::config::{DestinationConfig, Endpoint, Format, Framing, Transport};
 use crate::metrics::Metrics;
 use crate::queue::{Position, Reader};
+use crate::syslog::convert::{fit, to_rfc3164};
 use crate::syslog::frame;
 use crate::tls;
 
@@ -67,6 +68,10 @@ enum ConnectionEnd {
 
 enum Connector {
     Tcp {
+        host: String,
+        port: u16,
+    },
+    Udp {
         host: String,
         port: u16,
     },
@@ -126,16 +131,20 @@ impl Destination {
         let connector = match endpoint {
             Endpoint::Stdout => Connector::Stdout,
             Endpoint::Network {
-                transport: Transport::Tcp,
+                transport: transport @ (Transport::Tcp | Transport::Udp),
                 host,
                 port,
             } => {
                 let ignored = config.tls_keys_set();
                 if !ignored.is_empty() {
                     tracing::warn!(destination = %config.name, url = %config.url, ignored = ?ignored,
-                        "plain tcp destination: certificate settings are ignored and events are sent in clear");
+                        "plain destination: certificate settings are ignored and events are sent in clear");
                 }
-                Connector::Tcp { host, port }
+                if transport == Transport::Udp {
+                    Connector::Udp { host, port }
+                } else {
+                    Connector::Tcp { host, port }
+                }
             }
             Endpoint::Network {
                 transport: Transport::Tls,
@@ -229,6 +238,10 @@ impl Destination {
                 let stdout = tokio::io::stdout();
                 self.send_loop(tokio::io::empty(), stdout, signals).await
             }
+            Connector::Udp { host, port } => {
+                let (host, port) = (host.clone(), *port);
+                self.send_datagrams(&host, port, signals).await
+            }
             Connector::Tcp { host, port } => {
                 let stream = connect_tcp(host, *port, timeout, signals).await?;
                 tracing::info!(destination = %self.name, url = %self.config.url, "connected");
@@ -315,7 +328,13 @@ impl Destination {
                     let position = next.map_err(ConnectionEnd::Queue)?;
                     buf.clear();
                     for record in batch.drain(..) {
-                        frame(self.framing, &record, &mut buf);
+                        match self.config.format {
+                            Format::Rfc5424 => frame(self.framing, &record, &mut buf),
+                            Format::Rfc3164 => match to_rfc3164(&record) {
+                                Some(converted) => frame(self.framing, &converted, &mut buf),
+                                None => frame(self.framing, &record, &mut buf),
+                            },
+                        }
                     }
                     let write = async {
                         wr.write_all(&buf).await?;
@@ -330,6 +349,77 @@ impl Destination {
                 // Wakes an idle sender when the drain starts, so it can finish.
                 _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => {}
             }
+        }
+    }
+
+    /// UDP (RFC 5426): one datagram per record, no connection and no acknowledgement, so a
+    /// record counts as delivered once the kernel took it. Records above
+    /// `max_datagram_bytes` are truncated by the apiserver rule, or dropped and counted.
+    async fn send_datagrams(
+        &mut self,
+        host: &str,
+        port: u16,
+        signals: &StopSignals,
+    ) -> Result<(), ConnectionEnd> {
+        let target = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(ConnectionEnd::Connect)?
+            .next()
+            .ok_or_else(|| ConnectionEnd::Connect(io::Error::other("no address for the host")))?;
+        let local: std::net::SocketAddr = if target.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(local)
+            .await
+            .map_err(ConnectionEnd::Connect)?;
+        socket
+            .connect(target)
+            .await
+            .map_err(ConnectionEnd::Connect)?;
+        tracing::info!(destination = %self.name, url = %self.config.url, "sending datagrams");
+        self.metrics
+            .destination_up
+            .get_or_create(&self.labels)
+            .set(1);
+        let max = self.config.max_datagram_bytes.as_usize();
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            if signals.drain.is_cancelled() && self.reader.caught_up() {
+                return Ok(());
+            }
+            let next = tokio::select! {
+                biased;
+                _ = signals.stop.cancelled() => return Ok(()),
+                _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => continue,
+                next = self.reader.next_batch(self.config.batch_bytes.as_usize(), &mut batch) => next,
+            };
+            let position = next.map_err(ConnectionEnd::Queue)?;
+            for record in batch.drain(..) {
+                let converted = match self.config.format {
+                    Format::Rfc5424 => None,
+                    Format::Rfc3164 => to_rfc3164(&record),
+                };
+                let message = converted.as_deref().unwrap_or(&record);
+                let Some(datagram) = fit(message, max) else {
+                    tracing::error!(destination = %self.name, bytes = message.len(), "record above max_datagram_bytes even after truncation; dropped");
+                    self.metrics
+                        .events_dropped
+                        .get_or_create(&vec![("reason", "datagram_too_large".to_owned())])
+                        .inc();
+                    continue;
+                };
+                match socket.send(&datagram).await {
+                    Ok(_) => {}
+                    // An ICMP "port unreachable" from an earlier datagram; UDP cannot tell more.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        tracing::debug!(destination = %self.name, "receiver port unreachable");
+                    }
+                    Err(e) => return Err(ConnectionEnd::Io(e)),
+                }
+            }
+            self.commit(position);
         }
     }
 

@@ -83,6 +83,8 @@ fn example_config_parses_with_every_key() {
         "token_file",
         "tls_reload_interval",
         "when_full",
+        "format",
+        "max_datagram_bytes",
     ] {
         assert!(
             text.lines()

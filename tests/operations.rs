@@ -378,3 +378,111 @@ resource = ["configmaps", "secrets"]
     );
     assert_eq!(metrics["kar_events_redacted_total"], f64::from(redacted));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_destination_sends_one_datagram_per_event() {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let relay = Relay::start(&format!(
+        r#"cluster_name = "c1"
+[listen]
+address = "127.0.0.1:0"
+[syslog]
+max_message_bytes = "1MiB"
+[queue]
+kind = "memory"
+[[destination]]
+name = "udp"
+url = "udp://127.0.0.1:{port}"
+max_datagram_bytes = 4096
+"#
+    ));
+    let events: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 3500)
+        .take(10)
+        .collect();
+    let big: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() > 10_000 && e.value.get("responseObject").is_some())
+        .take(1)
+        .collect();
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), eventlist(&big))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let mut buf = vec![0u8; 70_000];
+    for e in &events {
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        support::check_message(&buf[..n], e, "c1");
+    }
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(n <= 4096);
+    let m = kube_audit_relay::syslog::parse_strict(&buf[..n]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(m.msg).unwrap();
+    assert_eq!(v["auditID"], big[0].audit_id.as_str());
+    assert_eq!(
+        v["annotations"]["audit.k8s.io/truncated"], "true",
+        "shortened to fit the datagram"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc3164_format_for_old_receivers() {
+    let sink = Sink::start(Framing::Lf, None).await;
+    let relay = Relay::start(&format!(
+        "cluster_name = \"c1\"\n[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"old\"\nurl = \"tcp://127.0.0.1:{}\"\nframing = \"lf\"\nformat = \"rfc3164\"\n",
+        sink.addr.port()
+    ));
+    let events: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 3000)
+        .take(3)
+        .collect();
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let got = sink.wait_for(3, Duration::from_secs(5));
+    for (raw, e) in got.iter().zip(&events) {
+        let text = std::str::from_utf8(raw).unwrap();
+        let parsed = syslog_loose::parse_message(text, syslog_loose::Variant::RFC3164);
+        assert_eq!(parsed.protocol, syslog_loose::Protocol::RFC3164);
+        assert_eq!(parsed.hostname, Some("c1"));
+        assert_eq!(parsed.appname, Some("kube-apiserver"));
+        support::assert_same(parsed.msg, &e.expected_msg(), "RFC 3164 MSG");
+        let ts = e.expected_timestamp().unwrap();
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let month = months[ts[5..7].parse::<usize>().unwrap() - 1];
+        let day: u32 = ts[8..10].parse().unwrap();
+        assert!(
+            text.contains(&format!(
+                ">{month} {day:>2} {} c1 kube-apiserver: {{",
+                &ts[11..19]
+            )),
+            "{}",
+            &text[..60]
+        );
+    }
+}

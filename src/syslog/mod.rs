@@ -4,6 +4,7 @@
 //! the sender, because one destination may want octet counting and another LF.
 
 pub mod check;
+pub mod convert;
 pub mod frame;
 pub mod render;
 pub mod timestamp;
