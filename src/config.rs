@@ -465,6 +465,10 @@ pub enum Transport {
     Tcp,
     /// UDP, one datagram per record (RFC 5426).
     Udp,
+    /// HTTP POST of newline-delimited JSON events.
+    Http,
+    /// HTTPS POST of newline-delimited JSON events.
+    Https,
 }
 
 /// Where a destination's URL points.
@@ -478,6 +482,8 @@ pub enum Endpoint {
         host: String,
         /// TCP port.
         port: u16,
+        /// URL path (HTTP destinations; `/` otherwise).
+        path: String,
     },
     /// The process's standard output, one record per line.
     Stdout,
@@ -499,16 +505,32 @@ impl Endpoint {
             "tls" => Transport::Tls,
             "tcp" => Transport::Tcp,
             "udp" => Transport::Udp,
+            "http" => Transport::Http,
+            "https" => Transport::Https,
             other => {
                 return Err(format!(
-                    "unsupported scheme `{other}` (use tls, tcp, udp or stdout)"
+                    "unsupported scheme `{other}` (use tls, tcp, udp, http, https or stdout)"
                 ));
             }
         };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{url}` has no port"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) if matches!(transport, Transport::Http | Transport::Https) => {
+                (&rest[..i], &rest[i..])
+            }
+            _ => (rest.trim_end_matches('/'), "/"),
+        };
+        let default_port = match transport {
+            Transport::Http => Some("80"),
+            Transport::Https => Some("443"),
+            _ => None,
+        };
+        let (host, port) = match authority.rsplit_once(':').filter(|(_, p)| !p.contains(']')) {
+            Some((h, p)) => (h, p),
+            None => (
+                authority,
+                default_port.ok_or_else(|| format!("`{url}` has no port"))?,
+            ),
+        };
         let port: u16 = port
             .parse()
             .map_err(|_| format!("`{port}` is not a port number"))?;
@@ -520,6 +542,7 @@ impl Endpoint {
             transport,
             host: host.to_owned(),
             port,
+            path: path.to_owned(),
         })
     }
 }
@@ -848,7 +871,7 @@ impl Config {
             if matches!(
                 endpoint,
                 Endpoint::Network {
-                    transport: Transport::Tls,
+                    transport: Transport::Tls | Transport::Https,
                     ..
                 }
             ) {
@@ -925,7 +948,7 @@ mod tests {
         let err = parse("[[destination]]\nname = \"a\"\nurl = \"ftp://x:1\"\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "test.toml: key `destination[0].url`: unsupported scheme `ftp` (use tls, tcp, udp or stdout)"
+            "test.toml: key `destination[0].url`: unsupported scheme `ftp` (use tls, tcp, udp, http, https or stdout)"
         );
         let err = parse("[listen]\nrequest_timeout = \"30\"\n").unwrap_err();
         assert!(err.to_string().contains("listen.request_timeout"), "{err}");
@@ -952,7 +975,26 @@ mod tests {
             Endpoint::Network {
                 transport: Transport::Tls,
                 host: "::1".into(),
-                port: 6514
+                port: 6514,
+                path: "/".into()
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("https://logstash.example/audit/in").unwrap(),
+            Endpoint::Network {
+                transport: Transport::Https,
+                host: "logstash.example".into(),
+                port: 443,
+                path: "/audit/in".into()
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("http://[::1]:8080").unwrap(),
+            Endpoint::Network {
+                transport: Transport::Http,
+                host: "::1".into(),
+                port: 8080,
+                path: "/".into()
             }
         );
         assert!(Endpoint::parse("tcp://host").is_err());

@@ -24,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DestinationConfig, Endpoint, Format, Framing, Transport};
 use crate::metrics::Metrics;
 use crate::queue::{Position, Reader};
+use crate::syslog::check::parse_strict;
 use crate::syslog::convert::{fit, to_rfc3164};
 use crate::syslog::frame;
 use crate::tls;
+use hyper_util::rt::TokioIo;
 
 /// Why a destination cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,8 @@ enum ConnectionEnd {
     WriteTimeout,
     #[error("queue read failed: {0}")]
     Queue(crate::queue::QueueError),
+    #[error("receiver answered HTTP {0}")]
+    HttpStatus(u16),
 }
 
 enum Connector {
@@ -74,6 +78,13 @@ enum Connector {
     Udp {
         host: String,
         port: u16,
+    },
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+        tls: Option<Box<tls::ReloadingClientConfig>>,
+        server_name: ServerName<'static>,
     },
     Tls {
         host: String,
@@ -134,6 +145,7 @@ impl Destination {
                 transport: transport @ (Transport::Tcp | Transport::Udp),
                 host,
                 port,
+                ..
             } => {
                 let ignored = config.tls_keys_set();
                 if !ignored.is_empty() {
@@ -147,9 +159,46 @@ impl Destination {
                 }
             }
             Endpoint::Network {
+                transport: transport @ (Transport::Http | Transport::Https),
+                host,
+                port,
+                path,
+            } => {
+                let tls = if transport == Transport::Https {
+                    let client = tls::ReloadingClientConfig::load(config).map_err(|source| {
+                        DestinationError::Tls {
+                            name: config.name.clone(),
+                            source,
+                        }
+                    })?;
+                    Some(Box::new(client))
+                } else {
+                    let ignored = config.tls_keys_set();
+                    if !ignored.is_empty() {
+                        tracing::warn!(destination = %config.name, url = %config.url, ignored = ?ignored,
+                            "plain http destination: certificate settings are ignored and events are sent in clear");
+                    }
+                    None
+                };
+                let name = config.server_name.clone().unwrap_or_else(|| host.clone());
+                let server_name =
+                    ServerName::try_from(name).map_err(|e| DestinationError::Url {
+                        name: config.name.clone(),
+                        reason: format!("invalid server name: {e}"),
+                    })?;
+                Connector::Http {
+                    host,
+                    port,
+                    path,
+                    tls,
+                    server_name,
+                }
+            }
+            Endpoint::Network {
                 transport: Transport::Tls,
                 host,
                 port,
+                ..
             } => {
                 let client = tls::ReloadingClientConfig::load(config).map_err(|source| {
                     DestinationError::Tls {
@@ -241,6 +290,39 @@ impl Destination {
             Connector::Udp { host, port } => {
                 let (host, port) = (host.clone(), *port);
                 self.send_datagrams(&host, port, signals).await
+            }
+            Connector::Http {
+                host,
+                port,
+                path,
+                tls,
+                server_name,
+            } => {
+                let connector = tls
+                    .as_mut()
+                    .map(|t| TlsConnector::from(t.for_next_connection()));
+                let (host, port, path, server_name) =
+                    (host.clone(), *port, path.clone(), server_name.clone());
+                let stream = connect_tcp(&host, port, timeout, signals).await?;
+                let authority = format!("{host}:{port}");
+                match connector {
+                    None => {
+                        self.send_http(TokioIo::new(stream), &authority, &path, signals)
+                            .await
+                    }
+                    Some(connector) => {
+                        let stream =
+                            tokio::time::timeout(timeout, connector.connect(server_name, stream))
+                                .await
+                                .map_err(|_| ConnectionEnd::ConnectTimeout)?
+                                .map_err(|e| {
+                                    self.metrics.tls_failure("client", &e);
+                                    ConnectionEnd::Connect(e)
+                                })?;
+                        self.send_http(TokioIo::new(stream), &authority, &path, signals)
+                            .await
+                    }
+                }
             }
             Connector::Tcp { host, port } => {
                 let stream = connect_tcp(host, *port, timeout, signals).await?;
@@ -419,6 +501,67 @@ impl Destination {
                     Err(e) => return Err(ConnectionEnd::Io(e)),
                 }
             }
+            self.commit(position);
+        }
+    }
+
+    /// HTTP(S): each batch is one POST of newline-delimited JSON events (the MSG of each
+    /// record), e.g. for Logstash's `http` input. A 2xx answer confirms the batch; anything
+    /// else ends the connection and the batch is sent again after the backoff.
+    async fn send_http<I>(
+        &mut self,
+        io: I,
+        authority: &str,
+        path: &str,
+        signals: &StopSignals,
+    ) -> Result<(), ConnectionEnd>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| ConnectionEnd::Io(io::Error::other(e)))?;
+        tokio::spawn(connection);
+        tracing::info!(destination = %self.name, url = %self.config.url, "connected (HTTP)");
+        self.metrics
+            .destination_up
+            .get_or_create(&self.labels)
+            .set(1);
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            if signals.drain.is_cancelled() && self.reader.caught_up() {
+                return Ok(());
+            }
+            let next = tokio::select! {
+                biased;
+                _ = signals.stop.cancelled() => return Ok(()),
+                _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => continue,
+                next = self.reader.next_batch(self.config.batch_bytes.as_usize(), &mut batch) => next,
+            };
+            let position = next.map_err(ConnectionEnd::Queue)?;
+            let mut body = Vec::with_capacity(self.config.batch_bytes.as_usize() + 1024);
+            for record in batch.drain(..) {
+                let msg = parse_strict(&record).map(|m| m.msg).unwrap_or(&record[..]);
+                body.extend_from_slice(msg);
+                body.push(b'\n');
+            }
+            let request = hyper::Request::post(path)
+                .header(hyper::header::HOST, authority)
+                .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .map_err(|e| ConnectionEnd::Io(io::Error::other(e)))?;
+            let response =
+                tokio::time::timeout(self.config.write_timeout, sender.send_request(request))
+                    .await
+                    .map_err(|_| ConnectionEnd::WriteTimeout)?
+                    .map_err(|e| ConnectionEnd::Io(io::Error::other(e)))?;
+            let status = response.status();
+            // Read the answer to the end so the connection can carry the next batch.
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            if !status.is_success() {
+                return Err(ConnectionEnd::HttpStatus(status.as_u16()));
+            }
+            // The receiver answered: the batch is delivered, no waiting period needed.
             self.commit(position);
         }
     }

@@ -486,3 +486,133 @@ async fn rfc3164_format_for_old_receivers() {
         );
     }
 }
+
+/// An HTTPS receiver that answers 503 to its first `failures` requests, then 200, and keeps
+/// every line of the bodies it accepted.
+async fn https_ndjson_receiver(
+    failures: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let listen = kube_audit_relay::config::ListenConfig {
+        tls_cert: Some(cert("server.crt").into()),
+        tls_key: Some(cert("server.key").into()),
+        ..Default::default()
+    };
+    let mut config = (*kube_audit_relay::tls::server_config(&listen)
+        .unwrap()
+        .unwrap())
+    .clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let kept = lines.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, kept, seen) = (acceptor.clone(), kept.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (kept, seen) = (kept.clone(), seen.clone());
+                        async move {
+                            assert_eq!(req.headers()["content-type"], "application/x-ndjson");
+                            assert_eq!(req.uri().path(), "/audit/in");
+                            let body = http_body_util::BodyExt::collect(req.into_body())
+                                .await
+                                .unwrap()
+                                .to_bytes();
+                            let status = if seen.fetch_add(1, Ordering::SeqCst) < failures {
+                                503
+                            } else {
+                                kept.lock().unwrap().extend(
+                                    String::from_utf8(body.to_vec())
+                                        .unwrap()
+                                        .lines()
+                                        .map(str::to_owned),
+                                );
+                                200
+                            };
+                            let mut r = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::new(),
+                            ));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_destination_posts_ndjson_and_retries_until_2xx() {
+    let (addr, lines) = https_ndjson_receiver(2).await;
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+[queue]
+kind = "memory"
+[[destination]]
+name = "logstash"
+url = "https://localhost:{port}/audit/in"
+ca = "{ca}"
+backoff_initial = "50ms"
+backoff_max = "100ms"
+"#,
+        port = addr.port(),
+        ca = cert("ca.crt")
+    ));
+    let events: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 3000)
+        .take(12)
+        .collect();
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(10), || lines.lock().unwrap().len()
+            >= events.len()),
+        "{}",
+        relay.logs()
+    );
+    let got = lines.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        events.len(),
+        "each event once, after two refused attempts"
+    );
+    for (line, e) in got.iter().zip(&events) {
+        support::assert_same(line, &e.expected_msg(), "NDJSON line");
+    }
+    assert!(
+        relay.has_log("receiver answered HTTP 503"),
+        "{}",
+        relay.logs()
+    );
+    let m = relay.metrics().await;
+    assert_eq!(
+        m["kar_events_sent_total{destination=\"logstash\"}"],
+        events.len() as f64
+    );
+}
