@@ -41,6 +41,9 @@ pub struct Metrics {
     pub destination_up: Family<Labels, Gauge>,
     /// `kar_destination_backlog_records{destination}`: stored, not yet confirmed.
     pub destination_backlog: Family<Labels, Gauge>,
+    /// `kar_destination_oldest_undelivered_seconds{destination}`: age of the oldest stored
+    /// event not yet confirmed (0 when caught up).
+    pub destination_oldest_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// `kar_queue_bytes`: bytes the queue holds (updated at each scrape).
     pub queue_bytes: Gauge,
     /// `kar_tls_handshake_failures_total{side,reason}`.
@@ -71,6 +74,7 @@ impl Metrics {
             events_sent: Family::default(),
             destination_up: Family::default(),
             destination_backlog: Family::default(),
+            destination_oldest_seconds: Family::default(),
             queue_bytes: Gauge::default(),
             tls_handshake_failures: Family::default(),
             registry: Registry::default(),
@@ -131,6 +135,11 @@ impl Metrics {
             m.destination_backlog.clone(),
         );
         registry.register(
+            "destination_oldest_undelivered_seconds",
+            "Age of the oldest stored event not yet confirmed, per destination",
+            m.destination_oldest_seconds.clone(),
+        );
+        registry.register(
             "queue_bytes",
             "Bytes held by the queue",
             m.queue_bytes.clone(),
@@ -170,6 +179,11 @@ impl Metrics {
         if let Some(q) = queue {
             self.queue_bytes
                 .set(i64::try_from(q.stats().bytes).unwrap_or(i64::MAX));
+            for (name, age) in destinations.iter().zip(q.oldest_undelivered()) {
+                self.destination_oldest_seconds
+                    .get_or_create(&Self::destination(name))
+                    .set(age.as_secs_f64());
+            }
             for (name, backlog) in destinations.iter().zip(q.backlogs()) {
                 self.destination_backlog
                     .get_or_create(&Self::destination(name))

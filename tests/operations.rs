@@ -273,6 +273,7 @@ framing = "lf"
         );
     }
     assert_eq!(live.wait_for(30, Duration::from_secs(5)).len(), 30);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let m = relay.metrics().await;
     assert_eq!(
         m["kar_destination_backlog_records{destination=\"dead\"}"],
@@ -280,6 +281,15 @@ framing = "lf"
     );
     assert_eq!(m["kar_destination_up{destination=\"dead\"}"], 0.0);
     assert_eq!(m["kar_destination_up{destination=\"live\"}"], 1.0);
+    let dead_age = m["kar_destination_oldest_undelivered_seconds{destination=\"dead\"}"];
+    assert!(
+        (1.0..30.0).contains(&dead_age),
+        "the dead destination's oldest event waits: {dead_age}"
+    );
+    assert_eq!(
+        m["kar_destination_oldest_undelivered_seconds{destination=\"live\"}"],
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

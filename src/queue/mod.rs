@@ -10,7 +10,9 @@
 mod disk;
 mod memory;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -63,7 +65,19 @@ pub struct QueueStats {
 
 /// The queue, cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Queue(pub(crate) Arc<Backend>);
+pub struct Queue(pub(crate) Arc<Backend>, Arc<AppendTimes>);
+
+/// When records were appended, coarsely: `(end_seq, time)` after each append, so that the age
+/// of a destination's oldest undelivered record can be reported without storing a time in
+/// every record. Records from before this process started count from its start.
+#[derive(Debug)]
+struct AppendTimes {
+    started: SystemTime,
+    marks: Mutex<VecDeque<(u64, SystemTime)>>,
+}
+
+/// Appends remembered at most; older marks merge into the next one (ages stay upper bounds).
+const MAX_APPEND_MARKS: usize = 100_000;
 
 #[derive(Debug)]
 pub(crate) enum Backend {
@@ -86,7 +100,11 @@ impl Queue {
             )),
             QueueKind::Disk => Backend::Disk(DiskQueue::open(config, destinations).await?),
         };
-        Ok(Self(Arc::new(backend)))
+        let times = AppendTimes {
+            started: SystemTime::now(),
+            marks: Mutex::new(VecDeque::new()),
+        };
+        Ok(Self(Arc::new(backend), Arc::new(times)))
     }
 
     /// Stores `records` as one unit: either all are stored (and, for the disk queue,
@@ -99,9 +117,49 @@ impl Queue {
             return Ok(());
         }
         match &*self.0 {
-            Backend::Memory(q) => q.append(records),
-            Backend::Disk(q) => q.append(records).await,
+            Backend::Memory(q) => q.append(records)?,
+            Backend::Disk(q) => q.append(records).await?,
         }
+        let end = self.stats().end_seq;
+        let lowest = self.committed_seqs().into_iter().min().unwrap_or(end);
+        if let Ok(mut marks) = self.1.marks.lock() {
+            marks.push_back((end, SystemTime::now()));
+            while marks.front().is_some_and(|&(seq, _)| seq <= lowest)
+                || marks.len() > MAX_APPEND_MARKS
+            {
+                marks.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    /// Committed sequence number per destination.
+    fn committed_seqs(&self) -> Vec<u64> {
+        let end = self.stats().end_seq;
+        self.backlogs()
+            .into_iter()
+            .map(|b| end.saturating_sub(b))
+            .collect()
+    }
+
+    /// Age of each destination's oldest undelivered record (zero when it has none).
+    pub fn oldest_undelivered(&self) -> Vec<Duration> {
+        let end = self.stats().end_seq;
+        let now = SystemTime::now();
+        let marks = self.1.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        self.committed_seqs()
+            .into_iter()
+            .map(|committed| {
+                if committed >= end {
+                    return Duration::ZERO;
+                }
+                let appended = marks
+                    .iter()
+                    .find(|&&(seq, _)| seq > committed)
+                    .map_or(self.1.started, |&(_, t)| t);
+                now.duration_since(appended).unwrap_or_default()
+            })
+            .collect()
     }
 
     /// The reader of destination `index`, starting at its committed position.
