@@ -141,6 +141,8 @@ impl<'a> EventView<'a> {
                 index,
                 reason: e.to_string(),
             })?;
+        check_unicode_escapes(item.get())
+            .map_err(|reason| AuditError::BadItem { index, reason })?;
         if view.audit_id.is_empty() {
             return Err(AuditError::BadItem {
                 index,
@@ -168,6 +170,52 @@ impl<'a> EventView<'a> {
     pub fn code(&self) -> Option<i64> {
         self.response_status.as_ref().and_then(|s| s.code)
     }
+}
+
+/// Rejects `\u` escapes that do not form a character: a lone or reversed UTF-16 surrogate.
+/// The JSON scanner that splits the EventList accepts them, but strict JSON parsers in SIEMs
+/// do not, so such an event would be relayed and then fail downstream (found by fuzzing).
+fn check_unicode_escapes(item: &str) -> Result<(), String> {
+    if !item.contains("\\u") {
+        return Ok(());
+    }
+    let b = item.as_bytes();
+    let hex = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let bad = || "invalid \\u escape (lone UTF-16 surrogate)".to_owned();
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match b[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                if b.get(i + 1) == Some(&b'u') {
+                    let unit = hex(i + 2).ok_or_else(bad)?;
+                    if (0xD800..0xDC00).contains(&unit) {
+                        let low = (b.get(i + 6..i + 8) == Some(b"\\u"))
+                            .then(|| hex(i + 8))
+                            .flatten();
+                        if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                            return Err(bad());
+                        }
+                        i += 12;
+                        continue;
+                    }
+                    if (0xDC00..0xE000).contains(&unit) {
+                        return Err(bad());
+                    }
+                    i += 6;
+                    continue;
+                }
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Appends `item` to `out` as one compact JSON line in the shape of the apiserver's own
@@ -384,6 +432,29 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"apiVersion":"audit.k8s.io/v1","kind":"Event","auditID":"a","stage":"X"}"#
         );
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused() {
+        for (json, ok) in [
+            (r#"{"auditID":"a","stage":"S","x":"\uD808\uDF45"}"#, true),
+            (
+                r#"{"auditID":"a","stage":"S","x":"\u003e \\u not an escape"}"#,
+                true,
+            ),
+            (r#"{"auditID":"a","stage":"S","x":"\uD8088\uDD88"}"#, false),
+            (r#"{"auditID":"a","stage":"S","x":"\uDD88"}"#, false),
+            (r#"{"auditID":"a","stage":"S","\uD800":1}"#, false),
+        ] {
+            let raw: &RawValue = serde_json::from_str(json).unwrap();
+            let parsed = EventView::parse(0, raw);
+            assert_eq!(parsed.is_ok(), ok, "{json}");
+            if ok {
+                let mut line = Vec::new();
+                write_event_line(&mut line, raw.get(), &parsed.unwrap());
+                serde_json::from_slice::<serde_json::Value>(&line).unwrap();
+            }
+        }
     }
 
     #[test]
