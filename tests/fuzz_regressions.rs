@@ -16,8 +16,19 @@ fn every_fuzz_finding_is_handled() {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
         seen += 1;
+        // Render-target inputs start with 4 configuration bytes, then one event.
+        let data = if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("render-")
+        {
+            format!("{{\"items\":[{}]}}", String::from_utf8_lossy(&data[4..])).into_bytes()
+        } else {
+            data
+        };
         let Ok(list) = EventList::parse(&data) else {
-            continue;
+            panic!("{}: not an EventList", path.display());
         };
         for (i, item) in list.items.iter().enumerate() {
             let Ok(view) = EventView::parse(i, item) else {
@@ -25,8 +36,14 @@ fn every_fuzz_finding_is_handled() {
             };
             let mut line = Vec::new();
             write_event_line(&mut line, item.get(), &view);
-            serde_json::from_slice::<serde_json::Value>(&line)
-                .unwrap_or_else(|e| panic!("{}: item {i}: {e}", path.display()));
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(&line) {
+                // Numbers beyond f64 are valid JSON text, relayed verbatim by design.
+                assert!(
+                    e.to_string().contains("number out of range"),
+                    "{}: item {i}: {e}",
+                    path.display()
+                );
+            }
             let rendered = Renderer::new(&SyslogConfig::default(), "h").render(
                 item,
                 &view,
