@@ -347,6 +347,10 @@ pub struct DestinationConfig {
     /// Name used for SNI and certificate verification instead of the URL host (TLS only).
     #[serde(default)]
     pub server_name: Option<String>,
+    /// SHA-256 of the receiver's certificate (64 hex digits or base64); when set, only that
+    /// certificate is accepted, on top of normal verification (TLS only).
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
     /// `octet` (default) or `lf`; ignored for `udp://` (one record per datagram).
     #[serde(default = "default_framing")]
     pub framing: Framing,
@@ -417,6 +421,7 @@ impl DestinationConfig {
             client_cert: None,
             client_key: None,
             server_name: None,
+            pin_sha256: None,
             framing: Framing::Lf,
             format: Format::Rfc5424,
             max_datagram_bytes: default_max_datagram(),
@@ -451,6 +456,9 @@ impl DestinationConfig {
         }
         if self.server_name.is_some() {
             keys.push("server_name");
+        }
+        if self.pin_sha256.is_some() {
+            keys.push("pin_sha256");
         }
         keys
     }
@@ -881,6 +889,9 @@ impl Config {
                     ("client_key", &d.client_key),
                 ] {
                     check_readable(path.as_deref()).map_err(|r| bad(&key(k), r))?;
+                }
+                if let Some(pin) = &d.pin_sha256 {
+                    crate::tls::parse_pin(pin).map_err(|r| bad(&key("pin_sha256"), r))?;
                 }
                 if d.client_cert.is_some() != d.client_key.is_some() {
                     return Err(bad(

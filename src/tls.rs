@@ -168,8 +168,19 @@ pub fn client_config(dest: &DestinationConfig) -> Result<Arc<ClientConfig>, TlsE
         .map_err(|source| TlsError::Rustls {
             context: format!("destination {}", dest.name),
             source,
-        })?
-        .with_webpki_verifier(verifier);
+        })?;
+    let builder = match &dest.pin_sha256 {
+        None => builder.with_webpki_verifier(verifier),
+        Some(pin) => {
+            let pin = parse_pin(pin).map_err(TlsError::Verifier)?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    inner: verifier,
+                    pin,
+                }))
+        }
+    };
     let config = match (&dest.client_cert, &dest.client_key) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
@@ -180,6 +191,91 @@ pub fn client_config(dest: &DestinationConfig) -> Result<Arc<ClientConfig>, TlsE
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// Parses a SHA-256 pin written as 64 hex digits (colons allowed) or as base64.
+///
+/// # Errors
+/// A message when the text is neither, or not 32 bytes.
+pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    let bytes = if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect()
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| format!("`{text}` is neither 64 hex digits nor base64"))?
+    };
+    bytes
+        .try_into()
+        .map_err(|_| "a SHA-256 pin is 32 bytes".to_owned())
+}
+
+/// SHA-256 of a certificate (its DER bytes), as pins are written.
+pub fn certificate_sha256(der: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Normal WebPKI verification (chain and name) and, on top, the leaf certificate must have
+/// the pinned SHA-256: a valid certificate from the right CA but not the expected one is refused.
+#[derive(Debug)]
+struct PinnedVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    pin: [u8; 32],
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if certificate_sha256(end_entity) == self.pin {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::General(
+                "certificate does not match pin_sha256".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Hash of the contents of the given files (missing files hash as empty), to notice any

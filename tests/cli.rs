@@ -85,6 +85,7 @@ fn example_config_parses_with_every_key() {
         "when_full",
         "format",
         "max_datagram_bytes",
+        "pin_sha256",
     ] {
         assert!(
             text.lines()

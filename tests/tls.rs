@@ -305,3 +305,56 @@ async fn receiver_rejecting_the_client_certificate_loses_nothing() {
     );
     assert_eq!(sink.wait_for(3, Duration::from_secs(5)).len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_certificate_pin() {
+    use rustls::pki_types::pem::PemObject;
+    let der = |f: &str| rustls::pki_types::CertificateDer::from_pem_file(cert(f)).unwrap();
+    let hex = |bytes: [u8; 32]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let right = hex(kube_audit_relay::tls::certificate_sha256(&der(
+        "server.crt",
+    )));
+    // A certificate that verifies (same CA, right name) but is not the pinned one.
+    let wrong = hex(kube_audit_relay::tls::certificate_sha256(&der(
+        "client.crt",
+    )));
+
+    let sink = Sink::start(Framing::Octet, Some(("server.crt", "server.key", None))).await;
+    let relay = relay_to_tls_sink(
+        sink.addr.port(),
+        &format!("server_name = \"localhost\"\npin_sha256 = \"{right}\""),
+    );
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), batch_at(0))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        sink.wait_for(3, Duration::from_secs(5)).len(),
+        3,
+        "the pinned certificate is accepted"
+    );
+    drop(relay);
+
+    let sink = Sink::start(Framing::Octet, Some(("server.crt", "server.key", None))).await;
+    let relay = relay_to_tls_sink(
+        sink.addr.port(),
+        &format!("server_name = \"localhost\"\npin_sha256 = \"{wrong}\""),
+    );
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), batch_at(1))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(
+        relay.wait_log("does not match pin_sha256", Duration::from_secs(5)),
+        "{}",
+        relay.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count(), 0, "nothing is sent to an unpinned receiver");
+}
