@@ -307,3 +307,32 @@ async fn run_without_config_prints_events_to_stdout() {
         "the default run writes nothing to the working directory"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[admin]\naddress = \"off\"\n").unwrap();
+    let mut child = relay()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["fields"]["message"], "webhook listener ready");
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["fields"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+}

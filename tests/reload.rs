@@ -177,3 +177,61 @@ url = "tcp://127.0.0.1:{port}"
         "no request failed during the rotation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_client_certificate_is_reloaded_on_reconnect() {
+    // The receiver requires a client certificate from the dev CA; the relay starts with one
+    // from another CA (refused), then the file is replaced with a good one.
+    let sink = Sink::start(
+        Framing::Octet,
+        Some(("server.crt", "server.key", Some("ca.crt"))),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    std::fs::copy(cert("other-client.crt"), &crt).unwrap();
+    std::fs::copy(cert("other-client.key"), &key).unwrap();
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+[queue]
+kind = "memory"
+[[destination]]
+name = "siem"
+url = "tls://127.0.0.1:{port}"
+ca = "{ca}"
+server_name = "localhost"
+client_cert = "{crt}"
+client_key = "{key}"
+backoff_initial = "50ms"
+backoff_max = "200ms"
+"#,
+        port = sink.addr.port(),
+        ca = cert("ca.crt"),
+        crt = crt.display(),
+        key = key.display()
+    ));
+    let events: Vec<_> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 3000)
+        .take(3)
+        .collect();
+    assert_eq!(
+        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(relay.wait_log("destination unavailable", Duration::from_secs(5)));
+    assert_eq!(sink.count(), 0);
+    replace(&key, &std::fs::read(cert("client.key")).unwrap());
+    replace(&crt, &std::fs::read(cert("client.crt")).unwrap());
+    assert_eq!(
+        sink.wait_for(3, Duration::from_secs(10)).len(),
+        3,
+        "{}",
+        relay.logs()
+    );
+    assert!(relay.has_log("destination certificates reloaded"));
+}
