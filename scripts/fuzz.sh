@@ -31,7 +31,7 @@ for n, e in enumerate(events):
         (seeds / "eventlist" / f"list-{n:04}").write_text('{"kind":"EventList","items":[' + e + "]}\n")
 PY
 
-for target in eventlist render; do
+for target in ${TARGETS:-eventlist render}; do
   mkdir -p "fuzz/corpus/$target"
   echo "== fuzzing $target for $runs runs"
   cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

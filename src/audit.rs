@@ -141,6 +141,14 @@ impl<'a> EventView<'a> {
                 index,
                 reason: e.to_string(),
             })?;
+        // serde maps a JSON array onto a struct by position; an event must be an object
+        // (found by fuzzing: `["id","stage"]` was accepted and relayed as a broken line).
+        if !item.get().trim_start().starts_with('{') {
+            return Err(AuditError::BadItem {
+                index,
+                reason: "not a JSON object".into(),
+            });
+        }
         check_unicode_escapes(item.get())
             .map_err(|reason| AuditError::BadItem { index, reason })?;
         if view.audit_id.is_empty() {
@@ -468,6 +476,11 @@ mod tests {
         );
         let raw: &RawValue = serde_json::from_str("7").unwrap();
         assert!(EventView::parse(0, raw).is_err());
+        let raw: &RawValue = serde_json::from_str(r#"["id", "ResponseComplete"]"#).unwrap();
+        assert_eq!(
+            EventView::parse(2, raw).unwrap_err().to_string(),
+            "item 2: not a JSON object"
+        );
     }
 
     #[test]

@@ -66,3 +66,10 @@ fn the_lone_surrogate_finding_is_a_400_reason() {
     let err = EventView::parse(0, list.items[0]).unwrap_err();
     assert!(err.to_string().contains("lone UTF-16 surrogate"), "{err}");
 }
+
+#[test]
+fn the_array_item_finding_is_a_400_reason() {
+    let list = EventList::parse(br#"{"items":[["Escheduler","objectRef"]]}"#).unwrap();
+    let err = EventView::parse(0, list.items[0]).unwrap_err();
+    assert_eq!(err.to_string(), "item 0: not a JSON object");
+}
