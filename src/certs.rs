@@ -131,6 +131,7 @@ pub fn generate(dir: &Path, options: GenOptions) -> Result<(), CertError> {
             ("expired-client", "kube-apiserver", false, (2020, 2021)),
             ("future-client", "kube-apiserver", false, (2040, 2045)),
             ("expired-server", "localhost", true, (2020, 2021)),
+            ("future-server", "localhost", true, (2040, 2045)),
             ("wrongname-server", "elsewhere.invalid", true, VALID),
         ];
         for &(file, cn, server, validity) in extras {

@@ -43,6 +43,28 @@ fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Peak resident memory of the relay (VmHWM), in MiB.
+fn peak_rss_mib(relay: &Relay) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib / 1024
+}
+
+/// Memory stays bounded: the peak is asserted after each abuse case.
+fn assert_memory_below(relay: &Relay, mib: u64) {
+    let peak = peak_rss_mib(relay);
+    eprintln!("relay peak RSS: {peak} MiB (bound {mib} MiB)");
+    assert!(peak < mib, "relay peak RSS {peak} MiB, bound {mib} MiB");
+}
+
 async fn still_serving(relay: &Relay) {
     let events: Vec<_> = all_corpus_events()
         .into_iter()
@@ -93,6 +115,7 @@ async fn slow_clients_time_out() {
     assert!(body.1 < Duration::from_secs(5), "{:?}", body.1);
     assert_eq!(status_of(&chunked.0), 408, "{}", chunked.0);
     still_serving(&relay).await;
+    assert_memory_below(&relay, 64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +138,7 @@ async fn connection_cap_holds_extra_connections_back() {
     );
     drop(held);
     still_serving(&relay).await;
+    assert_memory_below(&relay, 64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,6 +214,7 @@ async fn hostile_bodies_get_clear_answers() {
             .unwrap();
     assert!(matches!(status_of(&resp), 0 | 431), "header flood: {resp}");
     still_serving(&relay).await;
+    assert_memory_below(&relay, 64);
 }
 
 /// A request body sent in chunks, without Content-Length.
@@ -244,6 +269,7 @@ async fn huge_batches_and_huge_events() {
     assert_eq!(v["auditID"], "huge-event");
     assert_eq!(v["annotations"]["audit.k8s.io/truncated"], "true");
     still_serving(&relay).await;
+    assert_memory_below(&relay, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +402,7 @@ async fn http2_stream_floods_and_resets() {
     }
     assert_eq!(ok, 500, "every stream of the flood is answered");
     still_serving_tls(&relay).await;
+    assert_memory_below(&relay, 64);
 }
 
 #[test]

@@ -247,6 +247,11 @@ async fn outbound_expired_receiver_certificate_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_not_yet_valid_receiver_certificate_is_refused() {
+    outbound_refused("future-server", "", "not valid yet").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_rejecting_the_client_certificate_loses_nothing() {
     // The sink demands a client certificate from the dev CA. First the relay presents one
     // from another CA: with TLS 1.3 the rejection arrives after the relay's handshake is done,
