@@ -47,6 +47,23 @@ pub struct Receiver {
 /// Starts the receiver process in its directory.
 type StartFn = dyn Fn(&Path) -> std::io::Result<Child> + Send;
 
+/// A receiver configuration from `deploy/receivers/` (the files the documentation points to),
+/// with its `@PLACEHOLDERS@` filled in.
+fn template(name: &str, values: &[(&str, String)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/receivers")
+        .join(name);
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (key, value) in values {
+        text = text.replace(key, value);
+    }
+    assert!(
+        !text.contains("@DIR@") && !text.contains("_PORT@"),
+        "unfilled placeholder in {name}"
+    );
+    text
+}
+
 fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -73,27 +90,17 @@ impl Receiver {
         } else {
             "anon"
         };
-        let conf = format!(
-            r#"global(workDirectory="{d}/work" maxMessageSize="4m" net.enableDNS="off" processInternalMessages="on"
-  defaultNetstreamDriverCAFile="{ca}" defaultNetstreamDriverCertFile="{crt}" defaultNetstreamDriverKeyFile="{key}")
-module(load="imtcp" maxSessions="100")
-# Direct: a message is written out before rsyslog reads more, so a receiver killed with -9
-# loses only what it read in the last instant (which the relay has not yet confirmed).
-main_queue(queue.type="Direct")
-template(name="fieldsjson" type="string"
-  string="{{\"listener\":\"%$.listener%\",\"pri\":%pri%,\"timestamp\":\"%timereported:::date-rfc3339%\",\"hostname\":\"%hostname:::json%\",\"appname\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"msgid\":\"%msgid:::json%\",\"sd\":\"%structured-data:::json%\",\"msg\":\"%msg:::json%\"}}\n")
-template(name="raw" type="string" string="%rawmsg%\n")
-ruleset(name="from_tls") {{ set $.listener = "tls"; action(type="omfile" file="{d}/messages.jsonl" template="fieldsjson") action(type="omfile" file="{d}/raw.log" template="raw") }}
-ruleset(name="from_tcp") {{ set $.listener = "tcp"; action(type="omfile" file="{d}/messages.jsonl" template="fieldsjson") action(type="omfile" file="{d}/raw.log" template="raw") }}
-action(type="omfile" file="{d}/internal.log")
-input(type="imtcp" name="tls" address="127.0.0.1" port="{tls_port}" ruleset="from_tls" maxFrameSize="200000000"
-      streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="{authmode}")
-input(type="imtcp" name="tcp" address="127.0.0.1" port="{tcp_port}" ruleset="from_tcp" maxFrameSize="200000000"
-      streamDriver.name="ptcp" streamDriver.mode="0")
-"#,
-            ca = cert("ca.crt"),
-            crt = cert("server.crt"),
-            key = cert("server.key"),
+        let conf = template(
+            "rsyslog.conf",
+            &[
+                ("@DIR@", d.clone()),
+                ("@CA@", cert("ca.crt")),
+                ("@CERT@", cert("server.crt")),
+                ("@KEY@", cert("server.key")),
+                ("@TLS_PORT@", tls_port.to_string()),
+                ("@TCP_PORT@", tcp_port.to_string()),
+                ("@AUTHMODE@", authmode.to_owned()),
+            ],
         );
         std::fs::create_dir_all(dir.path().join("work")).unwrap();
         std::fs::write(dir.path().join("rsyslog.conf"), conf).unwrap();
@@ -144,29 +151,18 @@ input(type="imtcp" name="tcp" address="127.0.0.1" port="{tcp_port}" ruleset="fro
         } else {
             "optional-untrusted"
         };
-        let conf = format!(
-            r#"@version: 3.35
-options {{ log-msg-size(4194304); use-dns(no); dns-cache(no); keep-hostname(yes); chain-hostnames(no);
-  keep-timestamp(yes); frac-digits(6); stats-freq(0); log-fifo-size(100000); flush-lines(0); }};
-source s_internal {{ internal(); }};
-destination d_internal {{ file("{d}/internal.log"); }};
-log {{ source(s_internal); destination(d_internal); }};
-destination d_json {{
-  file("{d}/messages.jsonl"
-       template("$(format-json --scope none listener=${{.listener}} pri=int(${{PRI}}) timestamp=${{S_ISODATE}} hostname=${{HOST}} appname=${{PROGRAM}} procid=${{PID}} msgid=${{MSGID}} sd=${{SDATA}} msg=${{MSG}})\n"));
-}};
-destination d_raw {{ file("{d}/raw.log" template("${{RAWMSG}}\n")); }};
-source s_tls {{ syslog(ip("127.0.0.1") port({tls_port}) transport("tls") max-connections(100) log-iw-size(100000) flags(store-raw-message)
-  tls(key-file("{key}") cert-file("{crt}") ca-file("{ca}") peer-verify({verify}))); }};
-log {{ source(s_tls); rewrite {{ set("tls" value(".listener")); }}; destination(d_json); destination(d_raw); flags(flow-control); }};
-source s_tcp {{ syslog(ip("127.0.0.1") port({tcp_port}) transport("tcp") max-connections(100) log-iw-size(100000) flags(store-raw-message)); }};
-log {{ source(s_tcp); rewrite {{ set("tcp" value(".listener")); }}; destination(d_json); destination(d_raw); flags(flow-control); }};
-source s_lf {{ network(ip("127.0.0.1") port({lf_port}) transport("tcp") max-connections(100) log-iw-size(100000) flags(syslog-protocol, store-raw-message)); }};
-log {{ source(s_lf); rewrite {{ set("lf" value(".listener")); }}; destination(d_json); destination(d_raw); flags(flow-control); }};
-"#,
-            ca = cert("ca.crt"),
-            crt = cert("server.crt"),
-            key = cert("server.key"),
+        let conf = template(
+            "syslog-ng.conf",
+            &[
+                ("@DIR@", d.clone()),
+                ("@CA@", cert("ca.crt")),
+                ("@CERT@", cert("server.crt")),
+                ("@KEY@", cert("server.key")),
+                ("@TLS_PORT@", tls_port.to_string()),
+                ("@TCP_PORT@", tcp_port.to_string()),
+                ("@LF_PORT@", lf_port.to_string()),
+                ("@VERIFY@", verify.to_owned()),
+            ],
         );
         std::fs::write(dir.path().join("syslog-ng.conf"), conf).unwrap();
         let start = move |dir: &Path| {
