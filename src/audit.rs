@@ -184,44 +184,32 @@ impl<'a> EventView<'a> {
 /// The JSON scanner that splits the EventList accepts them, but strict JSON parsers in SIEMs
 /// do not, so such an event would be relayed and then fail downstream (found by fuzzing).
 fn check_unicode_escapes(item: &str) -> Result<(), String> {
-    if !item.contains("\\u") {
-        return Ok(());
-    }
     let b = item.as_bytes();
     let hex = |at: usize| -> Option<u32> {
         let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
         u32::from_str_radix(digits, 16).ok()
     };
     let bad = || "invalid \\u escape (lone UTF-16 surrogate)".to_owned();
-    let (mut i, mut in_string) = (0, false);
-    while i < b.len() {
-        match b[i] {
-            b'"' => in_string = !in_string,
-            b'\\' if in_string => {
-                if b.get(i + 1) == Some(&b'u') {
-                    let unit = hex(i + 2).ok_or_else(bad)?;
-                    if (0xD800..0xDC00).contains(&unit) {
-                        let low = (b.get(i + 6..i + 8) == Some(b"\\u"))
-                            .then(|| hex(i + 8))
-                            .flatten();
-                        if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
-                            return Err(bad());
-                        }
-                        i += 12;
-                        continue;
-                    }
-                    if (0xDC00..0xE000).contains(&unit) {
-                        return Err(bad());
-                    }
-                    i += 6;
-                    continue;
-                }
-                i += 2;
-                continue;
-            }
-            _ => {}
+    // The item is valid JSON text, so `\u` occurs only inside strings; it is an escape when
+    // the run of backslashes ending at it is odd (`\\u` is an escaped backslash, then `u`).
+    let mut from = 0;
+    while let Some(found) = item[from..].find("\\u") {
+        let at = from + found;
+        let run = b[..=at].iter().rev().take_while(|&&c| c == b'\\').count();
+        from = at + 2;
+        if run % 2 == 0 {
+            continue;
         }
-        i += 1;
+        let unit = hex(at + 2).ok_or_else(bad)?;
+        if (0xD800..0xDC00).contains(&unit) {
+            let low = (b.get(at + 6..at + 8) == Some(b"\\u")).then(|| hex(at + 8)).flatten();
+            if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                return Err(bad());
+            }
+            from = at + 12;
+        } else if (0xDC00..0xE000).contains(&unit) {
+            return Err(bad());
+        }
     }
     Ok(())
 }
