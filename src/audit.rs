@@ -92,12 +92,52 @@ pub struct EventView<'a> {
     /// `timestamp` (audit.k8s.io/v1beta1).
     #[serde(default, borrow)]
     pub timestamp: Option<Cow<'a, str>>,
+}
+
+/// `user` of an event.
+#[derive(Debug, Deserialize)]
+pub struct UserView<'a> {
+    /// `username`; empty for unauthenticated requests.
+    #[serde(default, borrow)]
+    pub username: Option<Cow<'a, str>>,
+}
+
+/// The fields only filters and resource-scoped redaction read, parsed only when such rules
+/// exist (keeping them out of [`EventView`] keeps the common path cheaper).
+#[derive(Debug, Default, Deserialize)]
+pub struct RoutingView<'a> {
     /// `level` (`Metadata`, `Request`, `RequestResponse`).
     #[serde(default, borrow)]
     pub level: Option<Cow<'a, str>>,
     /// `objectRef`.
     #[serde(default, rename = "objectRef", borrow)]
     pub object_ref: Option<ObjectRefView<'a>>,
+    /// `user.groups`.
+    #[serde(default, borrow)]
+    pub user: Option<GroupsView<'a>>,
+}
+
+impl<'a> RoutingView<'a> {
+    /// Reads the routing fields of an item that [`EventView::parse`] accepted.
+    pub fn parse(item: &'a RawValue) -> Self {
+        serde_json::from_str(item.get()).unwrap_or_default()
+    }
+
+    /// `objectRef.resource`, empty when absent.
+    pub fn resource(&self) -> &str {
+        self.object_ref
+            .as_ref()
+            .and_then(|o| o.resource.as_deref())
+            .unwrap_or("")
+    }
+}
+
+/// `user.groups` of an event.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupsView<'a> {
+    /// `groups`.
+    #[serde(default, borrow)]
+    pub groups: Vec<Cow<'a, str>>,
 }
 
 /// `objectRef` of an event.
@@ -109,17 +149,6 @@ pub struct ObjectRefView<'a> {
     /// `objectRef.namespace`.
     #[serde(default, borrow)]
     pub namespace: Option<Cow<'a, str>>,
-}
-
-/// `user` of an event.
-#[derive(Debug, Deserialize)]
-pub struct UserView<'a> {
-    /// `username`; empty for unauthenticated requests.
-    #[serde(default, borrow)]
-    pub username: Option<Cow<'a, str>>,
-    /// `groups`.
-    #[serde(default, borrow)]
-    pub groups: Vec<Cow<'a, str>>,
 }
 
 /// `responseStatus` of an event.
@@ -190,19 +219,23 @@ fn check_unicode_escapes(item: &str) -> Result<(), String> {
         u32::from_str_radix(digits, 16).ok()
     };
     let bad = || "invalid \\u escape (lone UTF-16 surrogate)".to_owned();
-    // The item is valid JSON text, so `\u` occurs only inside strings; it is an escape when
-    // the run of backslashes ending at it is odd (`\\u` is an escaped backslash, then `u`).
+    // The item is valid JSON text: backslashes occur only inside strings and each starts an
+    // escape, so walking them left to right (skipping the escaped character) finds every
+    // `\u` escape and never mistakes `\\u` for one. A `char` pattern makes `find` a memchr.
     let mut from = 0;
-    while let Some(found) = item[from..].find("\\u") {
+    while let Some(found) = item.get(from..).and_then(|rest| rest.find('\\')) {
         let at = from + found;
-        let run = b[..=at].iter().rev().take_while(|&&c| c == b'\\').count();
-        from = at + 2;
-        if run % 2 == 0 {
+        if b.get(at + 1) != Some(&b'u') {
+            // Skip the escaped character too (it may be a backslash).
+            from = at + 2;
             continue;
         }
+        from = at + 2;
         let unit = hex(at + 2).ok_or_else(bad)?;
         if (0xD800..0xDC00).contains(&unit) {
-            let low = (b.get(at + 6..at + 8) == Some(b"\\u")).then(|| hex(at + 8)).flatten();
+            let low = (b.get(at + 6..at + 8) == Some(b"\\u"))
+                .then(|| hex(at + 8))
+                .flatten();
             if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
                 return Err(bad());
             }

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::audit::{EventView, OrderedObject};
+use crate::audit::{EventView, OrderedObject, RoutingView};
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "\"[REDACTED]\"";
@@ -115,23 +115,23 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 impl FilterRule {
     /// Whether every given field matches the event.
-    pub fn matches(&self, e: &EventView<'_>) -> bool {
+    pub fn matches(&self, e: &EventView<'_>, r: &RoutingView<'_>) -> bool {
         let any_glob =
             |patterns: &[String], value: &str| patterns.iter().any(|p| glob_match(p, value));
         let field = |patterns: &[String], value: Option<&str>| {
             patterns.is_empty() || value.is_some_and(|v| any_glob(patterns, v))
         };
-        let object = e.object_ref.as_ref();
+        let object = r.object_ref.as_ref();
         field(&self.stage, Some(&e.stage))
             && field(&self.verb, e.verb.as_deref())
             && field(&self.user, Some(e.username()))
             && (self.group.is_empty()
-                || e.user
+                || r.user
                     .as_ref()
                     .is_some_and(|u| u.groups.iter().any(|g| any_glob(&self.group, g))))
             && field(&self.namespace, object.and_then(|o| o.namespace.as_deref()))
             && field(&self.resource, object.and_then(|o| o.resource.as_deref()))
-            && field(&self.level, e.level.as_deref())
+            && field(&self.level, r.level.as_deref())
             && (self.code.is_empty() || e.code().is_some_and(|c| self.code.contains(&c)))
     }
 }
@@ -156,20 +156,32 @@ impl Policy {
     }
 
     /// Whether the event is relayed.
-    pub fn keep(&self, e: &EventView<'_>) -> bool {
+    pub fn keep(&self, item: &RawValue, e: &EventView<'_>) -> bool {
+        if self.filters.is_empty() {
+            return true;
+        }
+        let r = RoutingView::parse(item);
         self.filters
             .iter()
-            .find(|f| f.matches(e))
+            .find(|f| f.matches(e, &r))
             .is_none_or(|f| f.action == Action::Keep)
     }
 
     /// The item with every applicable pointer redacted, or `None` when nothing changed.
-    pub fn redact(&self, item: &RawValue, e: &EventView<'_>) -> Option<String> {
-        let resource = e
-            .object_ref
-            .as_ref()
-            .and_then(|o| o.resource.as_deref())
-            .unwrap_or("");
+    pub fn redact(&self, item: &RawValue) -> Option<String> {
+        if self.redactions.is_empty() {
+            return None;
+        }
+        let scoped = self
+            .redactions
+            .iter()
+            .any(|(_, resources)| !resources.is_empty());
+        let routing = if scoped {
+            RoutingView::parse(item)
+        } else {
+            RoutingView::default()
+        };
+        let resource = routing.resource();
         let mut current: Option<String> = None;
         for (path, resources) in &self.redactions {
             if !resources.is_empty() && !resources.iter().any(|r| r == resource) {
@@ -271,7 +283,7 @@ mod tests {
         let policy = Policy::new(&rules, &[]);
         let keep = |json: &str| {
             let (raw, _) = view(json);
-            policy.keep(&EventView::parse(0, &raw).unwrap())
+            policy.keep(&raw, &EventView::parse(0, &raw).unwrap())
         };
         assert!(keep(
             r#"{"auditID":"1","stage":"S","verb":"get","user":{"username":"admin"}}"#
@@ -305,17 +317,15 @@ mod tests {
         let (raw, _) = view(
             r#"{"auditID":"1","stage":"S","objectRef":{"resource":"secrets"},"requestObject":{"kind":"Secret","data":{"k":"c2VjcmV0"}},"annotations":{"a/b":"x","c":"y"},"list":[1,{"n":2},3]}"#,
         );
-        let e = EventView::parse(0, &raw).unwrap();
         assert_eq!(
-            policy.redact(&raw, &e).unwrap(),
+            policy.redact(&raw).unwrap(),
             r#"{"auditID":"1","stage":"S","objectRef":{"resource":"secrets"},"requestObject":{"kind":"Secret","data":"[REDACTED]"},"annotations":{"a/b":"[REDACTED]","c":"y"},"list":[1,"[REDACTED]",3]}"#
         );
         let (raw, _) = view(
             r#"{"auditID":"1","stage":"S","objectRef":{"resource":"configmaps"},"requestObject":{"data":{}}}"#,
         );
-        let e = EventView::parse(0, &raw).unwrap();
         assert_eq!(
-            policy.redact(&raw, &e),
+            policy.redact(&raw),
             None,
             "the secrets-only rule does not apply; no other path exists"
         );

@@ -301,13 +301,13 @@ impl Webhook {
                 summary.duplicates += 1;
                 continue;
             }
-            if !self.policy.keep(view) {
+            if !self.policy.keep(item, view) {
                 summary.filtered += 1;
                 continue;
             }
             let redacted = self
                 .policy
-                .redact(item, view)
+                .redact(item)
                 .and_then(|text| RawValue::from_string(text).ok());
             summary.redacted += usize::from(redacted.is_some());
             let item = redacted.as_deref().unwrap_or(item);
