@@ -143,6 +143,58 @@ fn statefulset_manifest_matches_its_config() {
 }
 
 #[test]
+fn deployment_manifest_matches_its_config() {
+    let docs = docs("deploy/kubernetes/deployment.yaml");
+    for kind in ["Secret", "ConfigMap", "Service", "Deployment"] {
+        by_kind(&docs, kind);
+    }
+    let (config, _) = embedded_config(&docs);
+    let dep = by_kind(&docs, "Deployment");
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let ports = c["ports"].as_vec().unwrap();
+    let port = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .unwrap()["containerPort"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(port("webhook"), i64::from(config.listen.address.port()));
+    assert_eq!(
+        port("admin"),
+        i64::from(config.admin.address.unwrap().port())
+    );
+    let queue_mount = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"].as_str() == Some("queue"))
+        .unwrap();
+    assert_eq!(
+        Path::new(queue_mount["mountPath"].as_str().unwrap()),
+        config.queue.data_dir.as_path()
+    );
+    let secret = by_kind(&docs, "Secret");
+    let mounted = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some("tls"))
+        .unwrap();
+    assert_eq!(mounted["secret"]["secretName"], secret["metadata"]["name"]);
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(secret["stringData"][key].as_str().is_some(), "{key}");
+    }
+    assert_eq!(
+        by_kind(&docs, "Service")["spec"]["type"].as_str(),
+        Some("ClusterIP")
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+}
+
+#[test]
 fn sidecar_manifest_probes_the_admin_port() {
     let docs = docs("deploy/kubernetes/sidecar.yaml");
     let pod = by_kind(&docs, "Pod");

@@ -224,6 +224,13 @@ async fn outbound_refused(server_cert: &str, extra: &str, expect: &str) {
         sink.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "the relay keeps reconnecting"
     );
+    let m = relay.metrics().await;
+    let refused: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("kar_tls_handshake_failures_total{side=\"client\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(refused >= 2.0, "refusals are counted: {m:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
