@@ -17,7 +17,9 @@ fi
 
 report=target/tmp/fault-report.md
 rm -f "$report"
-cargo test --locked "$@"
+mkdir -p target
+set -o pipefail
+cargo test --locked "$@" 2>&1 | tee target/test-output.log
 if [ -s "$report" ]; then
   echo
   echo "Fault suite (events answered 200 and what reached the receiver):"
@@ -25,3 +27,8 @@ if [ -s "$report" ]; then
   echo "|---|---|---|---|---|---|"
   cat "$report"
 fi
+
+# One closing line with the totals of every test binary (doc-tests report 0 and would
+# otherwise close the output).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log | tee target/test-summary.txt
