@@ -246,10 +246,7 @@ impl Destination {
             }
             let started = Instant::now();
             let end = self.connect_and_send(&signals).await;
-            self.metrics
-                .destination_up
-                .get_or_create(&self.labels)
-                .set(0);
+            self.mark_up(false);
             self.reader.rewind();
             match end {
                 Ok(()) => break,
@@ -327,10 +324,7 @@ impl Destination {
             Connector::Tcp { host, port } => {
                 let stream = connect_tcp(host, *port, timeout, signals).await?;
                 tracing::info!(destination = %self.name, url = %self.config.url, "connected");
-                self.metrics
-                    .destination_up
-                    .get_or_create(&self.labels)
-                    .set(1);
+                self.mark_up(true);
                 let (rd, wr) = stream.into_split();
                 self.send_loop(rd, wr, signals).await
             }
@@ -358,10 +352,7 @@ impl Destination {
                     },
                 };
                 tracing::info!(destination = %self.name, url = %self.config.url, "connected (TLS)");
-                self.metrics
-                    .destination_up
-                    .get_or_create(&self.labels)
-                    .set(1);
+                self.mark_up(true);
                 let (rd, wr) = tokio::io::split(stream);
                 self.send_loop(rd, wr, signals).await
             }
@@ -461,23 +452,10 @@ impl Destination {
             .await
             .map_err(ConnectionEnd::Connect)?;
         tracing::info!(destination = %self.name, url = %self.config.url, "sending datagrams");
-        self.metrics
-            .destination_up
-            .get_or_create(&self.labels)
-            .set(1);
+        self.mark_up(true);
         let max = self.config.max_datagram_bytes.as_usize();
         let mut batch: Vec<Bytes> = Vec::new();
-        loop {
-            if signals.drain.is_cancelled() && self.reader.caught_up() {
-                return Ok(());
-            }
-            let next = tokio::select! {
-                biased;
-                _ = signals.stop.cancelled() => return Ok(()),
-                _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => continue,
-                next = self.reader.next_batch(self.config.batch_bytes.as_usize(), &mut batch) => next,
-            };
-            let position = next.map_err(ConnectionEnd::Queue)?;
+        while let Some(position) = self.next_batch_or_stop(signals, &mut batch).await? {
             for record in batch.drain(..) {
                 let converted = match self.config.format {
                     Format::Rfc5424 => None,
@@ -503,6 +481,7 @@ impl Destination {
             }
             self.commit(position);
         }
+        Ok(())
     }
 
     /// HTTP(S): each batch is one POST of newline-delimited JSON events (the MSG of each
@@ -523,22 +502,9 @@ impl Destination {
             .map_err(|e| ConnectionEnd::Io(io::Error::other(e)))?;
         tokio::spawn(connection);
         tracing::info!(destination = %self.name, url = %self.config.url, "connected (HTTP)");
-        self.metrics
-            .destination_up
-            .get_or_create(&self.labels)
-            .set(1);
+        self.mark_up(true);
         let mut batch: Vec<Bytes> = Vec::new();
-        loop {
-            if signals.drain.is_cancelled() && self.reader.caught_up() {
-                return Ok(());
-            }
-            let next = tokio::select! {
-                biased;
-                _ = signals.stop.cancelled() => return Ok(()),
-                _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => continue,
-                next = self.reader.next_batch(self.config.batch_bytes.as_usize(), &mut batch) => next,
-            };
-            let position = next.map_err(ConnectionEnd::Queue)?;
+        while let Some(position) = self.next_batch_or_stop(signals, &mut batch).await? {
             let mut body = Vec::with_capacity(self.config.batch_bytes.as_usize() + 1024);
             for record in batch.drain(..) {
                 let msg = parse_strict(&record).map(|m| m.msg).unwrap_or(&record[..]);
@@ -564,6 +530,38 @@ impl Destination {
             // The receiver answered: the batch is delivered, no waiting period needed.
             self.commit(position);
         }
+        Ok(())
+    }
+
+    /// Waits for the next batch of records. `Ok(None)` means stop: the stop signal fired, or
+    /// a drain is under way and everything is delivered.
+    async fn next_batch_or_stop(
+        &mut self,
+        signals: &StopSignals,
+        batch: &mut Vec<Bytes>,
+    ) -> Result<Option<Position>, ConnectionEnd> {
+        loop {
+            if signals.drain.is_cancelled() && self.reader.caught_up() {
+                return Ok(None);
+            }
+            return tokio::select! {
+                biased;
+                _ = signals.stop.cancelled() => Ok(None),
+                // Wakes an idle sender when the drain starts, so it can finish.
+                _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => continue,
+                next = self.reader.next_batch(self.config.batch_bytes.as_usize(), batch) => {
+                    next.map(Some).map_err(ConnectionEnd::Queue)
+                }
+            };
+        }
+    }
+
+    /// Sets `kar_destination_up` for this destination.
+    fn mark_up(&self, up: bool) {
+        self.metrics
+            .destination_up
+            .get_or_create(&self.labels)
+            .set(i64::from(up));
     }
 
     /// Confirms delivery up to `position` and counts it.
