@@ -48,51 +48,7 @@ enum Profile {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Post EventLists to a relay and report throughput and latency.
-    Load {
-        /// Webhook URL, `https://127.0.0.1:8443/` or `http://...`.
-        #[arg(long)]
-        url: String,
-        /// CA that signed the relay's certificate (HTTPS).
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate (HTTPS).
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Client key (HTTPS).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Use HTTP/2 (h2 via ALPN, or prior knowledge over plain HTTP).
-        #[arg(long)]
-        http2: bool,
-        /// Concurrent connections, one request in flight on each.
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        /// Events per request.
-        #[arg(long, default_value_t = 100)]
-        batch: usize,
-        /// Stop after this many events (0: use --duration).
-        #[arg(long, default_value_t = 0)]
-        events: u64,
-        /// Stop after this long, e.g. "10s".
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Total events per second to offer (0: as fast as possible).
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Event shape.
-        #[arg(long, value_enum, default_value_t = Profile::Metadata)]
-        profile: Profile,
-        /// Pad each event with an annotation to at least this many bytes (e.g. 20000).
-        #[arg(long, default_value_t = 0)]
-        event_bytes: usize,
-        /// Events to use: an EventList file or JSON Lines. Default: a real apiserver capture
-        /// (Metadata level, ~700 B per event) for `metadata`, the OpenShift corpus for `full`.
-        #[arg(long)]
-        corpus: Option<PathBuf>,
-        /// Prefix of the generated auditIDs (unique per run).
-        #[arg(long, default_value = "bench")]
-        id_prefix: String,
-    },
+    Load(LoadOptions),
     /// Receive syslog frames and count them.
     Sink {
         /// Address to listen on (port 0: any; the bound address is printed).
@@ -126,40 +82,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Load {
-            url,
-            ca,
-            cert,
-            key,
-            http2,
-            connections,
-            batch,
-            events,
-            duration,
-            rate,
-            profile,
-            event_bytes,
-            corpus,
-            id_prefix,
-        } => {
-            let options = LoadOptions {
-                url,
-                ca,
-                cert,
-                key,
-                http2,
-                connections,
-                batch,
-                events,
-                duration,
-                rate,
-                profile,
-                event_bytes,
-                corpus,
-                id_prefix,
-            };
-            runtime.block_on(load(options))
-        }
+        Command::Load(options) => runtime.block_on(load(options)),
         Command::Sink {
             listen,
             tls_cert,
@@ -180,20 +103,51 @@ fn main() -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------------------- load
 
+/// `load` options.
+#[derive(Debug, clap::Args)]
 struct LoadOptions {
+    /// Webhook URL, `https://127.0.0.1:8443/` or `http://...`.
+    #[arg(long)]
     url: String,
+    /// CA that signed the relay's certificate (HTTPS).
+    #[arg(long)]
     ca: Option<PathBuf>,
+    /// Client certificate (HTTPS).
+    #[arg(long)]
     cert: Option<PathBuf>,
+    /// Client key (HTTPS).
+    #[arg(long)]
     key: Option<PathBuf>,
+    /// Use HTTP/2 (h2 via ALPN, or prior knowledge over plain HTTP).
+    #[arg(long)]
     http2: bool,
+    /// Concurrent connections, one request in flight on each.
+    #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Stop after this many events (0: use --duration).
+    #[arg(long, default_value_t = 0)]
     events: u64,
+    /// Stop after this long, e.g. "10s".
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// Total events per second to offer (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Event shape.
+    #[arg(long, value_enum, default_value_t = Profile::Metadata)]
     profile: Profile,
+    /// Pad each event with an annotation to at least this many bytes (e.g. 20000).
+    #[arg(long, default_value_t = 0)]
     event_bytes: usize,
+    /// Events to use: an EventList file or JSON Lines. Default: a real apiserver capture
+    /// (Metadata level, ~700 B per event) for `metadata`, the OpenShift corpus for `full`.
+    #[arg(long)]
     corpus: Option<PathBuf>,
+    /// Prefix of the generated auditIDs (unique per run).
+    #[arg(long, default_value = "bench")]
     id_prefix: String,
 }
 
