@@ -147,11 +147,7 @@ impl Destination {
                 port,
                 ..
             } => {
-                let ignored = config.tls_keys_set();
-                if !ignored.is_empty() {
-                    tracing::warn!(destination = %config.name, url = %config.url, ignored = ?ignored,
-                        "plain destination: certificate settings are ignored and events are sent in clear");
-                }
+                warn_ignored_tls_keys(config);
                 if transport == Transport::Udp {
                     Connector::Udp { host, port }
                 } else {
@@ -165,27 +161,12 @@ impl Destination {
                 path,
             } => {
                 let tls = if transport == Transport::Https {
-                    let client = tls::ReloadingClientConfig::load(config).map_err(|source| {
-                        DestinationError::Tls {
-                            name: config.name.clone(),
-                            source,
-                        }
-                    })?;
-                    Some(Box::new(client))
+                    Some(Box::new(load_client_tls(config)?))
                 } else {
-                    let ignored = config.tls_keys_set();
-                    if !ignored.is_empty() {
-                        tracing::warn!(destination = %config.name, url = %config.url, ignored = ?ignored,
-                            "plain http destination: certificate settings are ignored and events are sent in clear");
-                    }
+                    warn_ignored_tls_keys(config);
                     None
                 };
-                let name = config.server_name.clone().unwrap_or_else(|| host.clone());
-                let server_name =
-                    ServerName::try_from(name).map_err(|e| DestinationError::Url {
-                        name: config.name.clone(),
-                        reason: format!("invalid server name: {e}"),
-                    })?;
+                let server_name = server_name(config, &host)?;
                 Connector::Http {
                     host,
                     port,
@@ -200,22 +181,12 @@ impl Destination {
                 port,
                 ..
             } => {
-                let client = tls::ReloadingClientConfig::load(config).map_err(|source| {
-                    DestinationError::Tls {
-                        name: config.name.clone(),
-                        source,
-                    }
-                })?;
-                let name = config.server_name.clone().unwrap_or_else(|| host.clone());
-                let server_name =
-                    ServerName::try_from(name).map_err(|e| DestinationError::Url {
-                        name: config.name.clone(),
-                        reason: format!("invalid server name: {e}"),
-                    })?;
+                let client = Box::new(load_client_tls(config)?);
+                let server_name = server_name(config, &host)?;
                 Connector::Tls {
                     host,
                     port,
-                    client: Box::new(client),
+                    client,
                     server_name,
                 }
             }
@@ -605,6 +576,41 @@ impl Destination {
             self.commit(position);
         }
         Ok(())
+    }
+}
+
+/// The client TLS configuration of a `tls://` or `https://` destination.
+fn load_client_tls(
+    config: &DestinationConfig,
+) -> Result<tls::ReloadingClientConfig, DestinationError> {
+    tls::ReloadingClientConfig::load(config).map_err(|source| DestinationError::Tls {
+        name: config.name.clone(),
+        source,
+    })
+}
+
+/// SNI and verification name: `server_name`, else the URL host.
+fn server_name(
+    config: &DestinationConfig,
+    host: &str,
+) -> Result<ServerName<'static>, DestinationError> {
+    let name = config
+        .server_name
+        .clone()
+        .unwrap_or_else(|| host.to_owned());
+    ServerName::try_from(name).map_err(|e| DestinationError::Url {
+        name: config.name.clone(),
+        reason: format!("invalid server name: {e}"),
+    })
+}
+
+/// A plain destination (`tcp://`, `udp://`, `http://`) starts with certificate keys set,
+/// and says once which ones it ignores.
+fn warn_ignored_tls_keys(config: &DestinationConfig) {
+    let ignored = config.tls_keys_set();
+    if !ignored.is_empty() {
+        tracing::warn!(destination = %config.name, url = %config.url, ignored = ?ignored,
+            "plain destination: certificate settings are ignored and events are sent in clear");
     }
 }
 
