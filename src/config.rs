@@ -666,17 +666,14 @@ pub mod duration {
 
 impl Config {
     /// The configuration used by `run` without `--config`: plain HTTP on 127.0.0.1:8080,
-    /// events to stdout, a memory queue (nothing is written to the current directory).
+    /// events to stdout, the durable disk queue in `./data` (as `queue.data_dir` defaults).
     pub fn builtin_default() -> Self {
         Self {
             cluster_name: None,
             listen: ListenConfig::default(),
             syslog: SyslogConfig::default(),
-            queue: QueueConfig {
-                kind: QueueKind::Memory,
-                max_bytes: ByteSize(256 << 20),
-                ..QueueConfig::default()
-            },
+            // Durable even here: the disk queue in ./data (created 0700), as for a config file.
+            queue: QueueConfig::default(),
             dedupe: DedupeConfig::default(),
             shutdown: ShutdownConfig::default(),
             admin: AdminConfig::default(),

@@ -149,6 +149,7 @@ pub async fn run(
         tls = tls.is_some(),
         client_auth = ?config.listen.effective_client_auth(),
         queue = ?config.queue.kind,
+        data_dir = %config.queue.data_dir.display(),
         destinations = ?config.destinations.iter().map(|d| format!("{}={}", d.name, d.url)).collect::<Vec<_>>(),
         "webhook listener ready"
     );

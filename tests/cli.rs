@@ -302,9 +302,23 @@ async fn run_without_config_prints_events_to_stdout() {
             .unwrap()
             .starts_with(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata""#)
     );
+    // The default is durable too: the disk queue in ./data, private to the relay's user.
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.path().join("data");
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     assert!(
-        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
-        "the default run writes nothing to the working directory"
+        std::fs::read_dir(&data).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".seg"))
+    );
+    assert!(
+        data.join("cursor-stdout").exists(),
+        "the cursor is persisted at shutdown"
     );
 }
 
