@@ -14,11 +14,7 @@ use support::{
 };
 
 fn small_events(n: usize) -> Vec<support::CorpusEvent> {
-    all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 3000)
-        .take(n)
-        .collect()
+    support::small_events(3000, n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,13 +260,7 @@ framing = "lf"
     ));
     let events = small_events(30);
     for chunk in events.chunks(10) {
-        assert_eq!(
-            post_batch(relay.addr, &ClientOptions::default(), eventlist(chunk))
-                .await
-                .unwrap()
-                .status,
-            200
-        );
+        support::post_ok(relay.addr, eventlist(chunk)).await;
     }
     assert_eq!(live.wait_for(30, Duration::from_secs(5)).len(), 30);
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -322,13 +312,7 @@ resource = ["configmaps", "secrets"]
     ));
     let events = all_corpus_events();
     for chunk in events.chunks(20) {
-        assert_eq!(
-            post_batch(relay.addr, &ClientOptions::default(), eventlist(chunk))
-                .await
-                .unwrap()
-                .status,
-            200
-        );
+        support::post_ok(relay.addr, eventlist(chunk)).await;
     }
     // The expectation, computed here from the events themselves.
     let kept: Vec<&support::CorpusEvent> = events
@@ -407,30 +391,14 @@ url = "udp://127.0.0.1:{port}"
 max_datagram_bytes = 4096
 "#
     ));
-    let events: Vec<_> = all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 3500)
-        .take(10)
-        .collect();
+    let events: Vec<_> = support::small_events(3500, 10);
     let big: Vec<_> = all_corpus_events()
         .into_iter()
         .filter(|e| e.item.len() > 10_000 && e.value.get("responseObject").is_some())
         .take(1)
         .collect();
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), eventlist(&big))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    support::post_ok(relay.addr, eventlist(&events)).await;
+    support::post_ok(relay.addr, eventlist(&big)).await;
     let mut buf = vec![0u8; 70_000];
     for e in &events {
         let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
@@ -460,18 +428,8 @@ async fn rfc3164_format_for_old_receivers() {
         "cluster_name = \"c1\"\n[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"old\"\nurl = \"tcp://127.0.0.1:{}\"\nframing = \"lf\"\nformat = \"rfc3164\"\n",
         sink.addr.port()
     ));
-    let events: Vec<_> = all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 3000)
-        .take(3)
-        .collect();
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    let events: Vec<_> = support::small_events(3000, 3);
+    support::post_ok(relay.addr, eventlist(&events)).await;
     let got = sink.wait_for(3, Duration::from_secs(5));
     for (raw, e) in got.iter().zip(&events) {
         let text = std::str::from_utf8(raw).unwrap();
@@ -588,18 +546,8 @@ backoff_max = "100ms"
         port = addr.port(),
         ca = cert("ca.crt")
     ));
-    let events: Vec<_> = all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 3000)
-        .take(12)
-        .collect();
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    let events: Vec<_> = support::small_events(3000, 12);
+    support::post_ok(relay.addr, eventlist(&events)).await;
     assert!(
         support::wait_until(Duration::from_secs(10), || lines.lock().unwrap().len()
             >= events.len()),

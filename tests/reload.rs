@@ -211,18 +211,8 @@ backoff_max = "200ms"
         crt = crt.display(),
         key = key.display()
     ));
-    let events: Vec<_> = all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 3000)
-        .take(3)
-        .collect();
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    let events: Vec<_> = support::small_events(3000, 3);
+    support::post_ok(relay.addr, eventlist(&events)).await;
     assert!(relay.wait_log("destination unavailable", Duration::from_secs(5)));
     assert_eq!(sink.count(), 0);
     replace(&key, &std::fs::read(cert("client.key")).unwrap());

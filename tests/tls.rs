@@ -276,13 +276,7 @@ async fn receiver_rejecting_the_client_certificate_loses_nothing() {
     );
     let relay = relay_to_tls_sink(port, &bad);
     let batch = small_batch();
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), batch.clone())
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    support::post_ok(relay.addr, batch.clone()).await;
     assert!(
         relay.wait_log("destination unavailable", Duration::from_secs(5)),
         "{}",
@@ -308,13 +302,7 @@ async fn receiver_rejecting_the_client_certificate_loses_nothing() {
         cert("client.key")
     );
     let relay = relay_to_tls_sink(port, &good);
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), batch)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    support::post_ok(relay.addr, batch).await;
     assert_eq!(sink.wait_for(3, Duration::from_secs(5)).len(), 3);
 }
 
@@ -336,13 +324,7 @@ async fn outbound_certificate_pin() {
         sink.addr.port(),
         &format!("server_name = \"localhost\"\npin_sha256 = \"{right}\""),
     );
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), batch_at(0))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    support::post_ok(relay.addr, batch_at(0)).await;
     assert_eq!(
         sink.wait_for(3, Duration::from_secs(5)).len(),
         3,
@@ -355,13 +337,7 @@ async fn outbound_certificate_pin() {
         sink.addr.port(),
         &format!("server_name = \"localhost\"\npin_sha256 = \"{wrong}\""),
     );
-    assert_eq!(
-        post_batch(relay.addr, &ClientOptions::default(), batch_at(1))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    support::post_ok(relay.addr, batch_at(1)).await;
     assert!(
         relay.wait_log("does not match pin_sha256", Duration::from_secs(5)),
         "{}",

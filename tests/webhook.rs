@@ -37,11 +37,7 @@ const JSON: Option<&str> = Some("application/json");
 async fn accepted_batch_is_delivered_and_query_string_ignored() {
     let sink = Sink::start(Framing::Octet, None).await;
     let relay = plain_relay(sink.addr.port(), &listen(""));
-    let events: Vec<_> = all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 40_000)
-        .take(40)
-        .collect();
+    let events: Vec<_> = support::small_events(40_000, 40);
     let plain = ClientOptions::default();
     let r = request(
         relay.addr,
@@ -70,11 +66,7 @@ async fn error_statuses_with_reasons() {
     let sink = Sink::start(Framing::Octet, None).await;
     let relay = plain_relay(sink.addr.port(), &listen("max_body_bytes = 4096"));
     let plain = ClientOptions::default();
-    let one: Vec<_> = all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 2000)
-        .take(1)
-        .collect();
+    let one: Vec<_> = support::small_events(2000, 1);
     let body = eventlist(&one);
 
     let r = request(relay.addr, &plain, "POST", "/other", JSON, body.clone())
@@ -205,11 +197,7 @@ async fn duplicates_are_dropped_across_and_within_requests() {
         "[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"s\"\nurl = \"tcp://127.0.0.1:{}\"\nframing = \"lf\"\n",
         sink.addr.port()
     ));
-    let events: Vec<_> = all_corpus_events()
-        .into_iter()
-        .filter(|e| e.item.len() < 20_000)
-        .take(20)
-        .collect();
+    let events: Vec<_> = support::small_events(20_000, 20);
     let plain = ClientOptions::default();
     // The apiserver resends a whole batch after a timeout; a batch may also repeat an item.
     let mut repeated = events.clone();

@@ -421,6 +421,24 @@ where
     })
 }
 
+/// POSTs a body over plain HTTP and asserts the answer is 200.
+pub async fn post_ok(addr: SocketAddr, body: Vec<u8>) -> HttpResponse {
+    let r = post_batch(addr, &ClientOptions::default(), body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    r
+}
+
+/// The first `n` corpus events whose item is shorter than `max_len` bytes.
+pub fn small_events(max_len: usize, n: usize) -> Vec<CorpusEvent> {
+    all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < max_len)
+        .take(n)
+        .collect()
+}
+
 /// POSTs an EventList body as the apiserver does (`?timeout=30s`, application/json).
 pub async fn post_batch(
     addr: SocketAddr,
