@@ -1,88 +1,116 @@
-//! The in-process bound: split an EventList, render each event to RFC 5424 and frame it, with
-//! no network, no queue and no TLS. `scripts/bench.sh` compares the relay end to end with it.
+//! The in-process bound: the pipeline (split, dedupe, filter/redact, render) and the encoder,
+//! with no network, no queue and no TLS. `scripts/bench.sh` compares the relay end to end
+//! with it.
 //!
 //! Run: `cargo bench --bench pipeline`
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
+use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kube_audit_relay::audit::{EventList, EventView};
-use kube_audit_relay::config::{Framing, SyslogConfig};
-use kube_audit_relay::syslog::{Renderer, frame};
+use kube_audit_relay::config::{Config, Format, Framing};
+use kube_audit_relay::pipeline::Pipeline;
+use kube_audit_relay::syslog::Encoder;
 
-/// A 100-event batch of real Metadata-level events (~700 B each), as the apiserver sends it.
-fn batch() -> Vec<u8> {
+/// A 100-event batch of real Metadata-level events (~700 B each), as the apiserver sends it,
+/// with auditIDs made unique per call so that deduplication keeps them.
+fn batch(round: u64) -> Vec<u8> {
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/real-apiserver-v1.20.2-metadata-051.json"
     ))
     .unwrap();
-    let list = EventList::parse(&body).unwrap();
-    let items: Vec<&str> = (0..100)
-        .map(|i| list.items[i % list.items.len()].get())
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let items = list["items"].as_array().unwrap();
+    let items: Vec<String> = (0..100)
+        .map(|i| {
+            let mut event = items[i % items.len()].clone();
+            event["auditID"] = format!("bench-{round}-{i}").into();
+            serde_json::to_string(&event).unwrap()
+        })
         .collect();
-    format!("{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{{}},\"items\":[{}]}}\n", items.join(",")).into_bytes()
+    format!(
+        "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{{}},\"items\":[{}]}}\n",
+        items.join(",")
+    )
+    .into_bytes()
 }
 
-fn pipeline(c: &mut Criterion) {
-    let body = batch();
-    let renderer = Renderer::new(&SyslogConfig::default(), "bench");
+fn pipeline(config: &str) -> Pipeline {
+    Pipeline::new(
+        &Config::parse(config, Path::new("bench.toml")).unwrap(),
+        "bench",
+    )
+}
+
+fn benches(c: &mut Criterion) {
+    let bodies: Vec<Vec<u8>> = (0..64).map(batch).collect();
     let mut group = c.benchmark_group("metadata-100");
     group.throughput(Throughput::Elements(100));
 
-    group.bench_function("split", |b| {
+    // Deduplication off: split, views and render only.
+    let plain = pipeline("[dedupe]\nmax_entries = 0\n");
+    let mut n = 0usize;
+    group.bench_function("pipeline", |b| {
         b.iter(|| {
-            let list = EventList::parse(black_box(&body)).unwrap();
-            for (i, item) in list.items.iter().enumerate() {
-                black_box(EventView::parse(i, item).unwrap());
-            }
+            n += 1;
+            black_box(
+                plain
+                    .run(black_box(&bodies[n % 64]), "2026-01-01T00:00:00Z")
+                    .unwrap(),
+            )
         })
     });
 
-    let list = EventList::parse(&body).unwrap();
-    let views: Vec<EventView<'_>> = list
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| EventView::parse(i, it).unwrap())
-        .collect();
-    group.bench_function("render", |b| {
+    // The default dedupe window (100 000 keys), with every batch recorded as stored as the
+    // webhook does. 1 100 distinct batches cycle through it, so each key has left the window
+    // before its batch comes again and every event is still rendered.
+    let many: Vec<Vec<u8>> = (0..1100).map(batch).collect();
+    let dedupe = pipeline("");
+    group.bench_function("pipeline+dedupe", |b| {
         b.iter(|| {
-            for (item, view) in list.items.iter().zip(&views) {
-                black_box(renderer.render(item, view, "2026-01-01T00:00:00Z").unwrap());
-            }
+            n += 1;
+            let batch = dedupe
+                .run(&many[n % many.len()], "2026-01-01T00:00:00Z")
+                .unwrap();
+            dedupe.stored(&batch.keys);
+            assert_eq!(batch.summary.duplicates, 0);
+            black_box(batch.summary)
         })
     });
 
-    let messages: Vec<Vec<u8>> = list
-        .items
-        .iter()
-        .zip(&views)
-        .map(|(i, v)| renderer.render(i, v, "x").unwrap().message)
-        .collect();
+    let policy = pipeline(
+        "[dedupe]\nmax_entries = 0\n[[filter]]\naction = \"drop\"\nverb = [\"watch\"]\nuser = [\"system:serviceaccount:kube-system:*\"]\n[[redact]]\npointer = \"/requestObject/data\"\nresource = [\"secrets\"]\n",
+    );
+    group.bench_function("pipeline+filter+redact", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(policy.run(&bodies[n % 64], "2026-01-01T00:00:00Z").unwrap())
+        })
+    });
+
+    let records = plain.run(&bodies[0], "x").unwrap().records;
+    let octet = Encoder::new(Format::Rfc5424, Framing::Octet);
     let mut out = Vec::with_capacity(1 << 20);
-    group.bench_function("frame-octet", |b| {
+    group.bench_function("encode-octet", |b| {
         b.iter(|| {
             out.clear();
-            for m in &messages {
-                frame(Framing::Octet, m, &mut out);
+            for r in &records {
+                octet.stream(r, &mut out);
             }
             black_box(out.len());
         })
     });
 
-    group.bench_function("split+render+frame", |b| {
+    group.bench_function("pipeline+encode", |b| {
         b.iter(|| {
+            n += 1;
             out.clear();
-            let list = EventList::parse(black_box(&body)).unwrap();
-            for (i, item) in list.items.iter().enumerate() {
-                let view = EventView::parse(i, item).unwrap();
-                let rendered = renderer
-                    .render(item, &view, "2026-01-01T00:00:00Z")
-                    .unwrap();
-                frame(Framing::Octet, &rendered.message, &mut out);
+            let batch = plain.run(&bodies[n % 64], "2026-01-01T00:00:00Z").unwrap();
+            for r in &batch.records {
+                octet.stream(r, &mut out);
             }
             black_box(out.len());
         })
@@ -90,5 +118,5 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline);
-criterion_main!(benches);
+criterion_group!(pipeline_benches, benches);
+criterion_main!(pipeline_benches);

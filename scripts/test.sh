@@ -19,7 +19,7 @@ report=target/tmp/fault-report.md
 rm -f "$report"
 mkdir -p target
 set -o pipefail
-cargo test --locked "$@" 2>&1 | tee target/test-output.log
+cargo test --locked --no-fail-fast "$@" 2>&1 | tee target/test-output.log
 if [ -s "$report" ]; then
   echo
   echo "Fault suite (events answered 200 and what reached the receiver):"

@@ -106,15 +106,34 @@ fn answer(
             "not ready\n".into(),
             "text/plain; charset=utf-8",
         ),
-        "/metrics" => text(
-            StatusCode::OK,
-            metrics.encode(Some(queue), destinations),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        "/metrics" => {
+            record_queue_gauges(metrics, queue, destinations);
+            text(
+                StatusCode::OK,
+                metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "try /healthz, /readyz or /metrics\n".into(),
             "text/plain; charset=utf-8",
         ),
+    }
+}
+
+/// The queue's sizes, each destination's backlog and the age of its oldest undelivered
+/// event, read from the queue at scrape time.
+fn record_queue_gauges(metrics: &Metrics, queue: &Queue, destinations: &[String]) {
+    metrics.set_queue_bytes(queue.stats().bytes);
+    metrics.set_dropped_total("queue_full", queue.dropped_oldest());
+    for ((name, age), backlog) in destinations
+        .iter()
+        .zip(queue.oldest_undelivered())
+        .zip(queue.backlogs())
+    {
+        let gauges = metrics.destination(name);
+        gauges.set_oldest_undelivered(age);
+        gauges.set_backlog(backlog);
     }
 }

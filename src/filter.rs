@@ -7,88 +7,13 @@
 //! Redaction rewrites only the members on the pointer's path; every other byte, and the key
 //! order, stay as received, and the result is valid JSON.
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::audit::{EventView, OrderedObject, RoutingView};
+use crate::config::{Action, FilterRule, RedactRule};
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "\"[REDACTED]\"";
-
-/// `action` of a filter rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Relay matching events (and stop looking).
-    Keep,
-    /// Drop matching events (counted in `kar_events_filtered_total`).
-    Drop,
-}
-
-/// One `[[filter]]` rule.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilterRule {
-    /// `keep` or `drop`.
-    pub action: Action,
-    /// Stages, e.g. `["RequestReceived"]`.
-    #[serde(default)]
-    pub stage: Vec<String>,
-    /// Verbs, e.g. `["get", "list", "watch"]`.
-    #[serde(default)]
-    pub verb: Vec<String>,
-    /// User names, `*` globs allowed (`system:serviceaccount:kube-system:*`).
-    #[serde(default)]
-    pub user: Vec<String>,
-    /// Groups (globs); matches when any group of the user matches.
-    #[serde(default)]
-    pub group: Vec<String>,
-    /// `objectRef.namespace` values (globs).
-    #[serde(default)]
-    pub namespace: Vec<String>,
-    /// `objectRef.resource` values, e.g. `["events", "leases"]`.
-    #[serde(default)]
-    pub resource: Vec<String>,
-    /// Audit levels.
-    #[serde(default)]
-    pub level: Vec<String>,
-    /// `responseStatus.code` values.
-    #[serde(default)]
-    pub code: Vec<i64>,
-}
-
-/// One `[[redact]]` rule.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedactRule {
-    /// RFC 6901 JSON pointer of the value to replace, e.g. `/requestObject/data`.
-    pub pointer: String,
-    /// Only for events on these resources (empty: all).
-    #[serde(default)]
-    pub resource: Vec<String>,
-}
-
-impl RedactRule {
-    /// The pointer's unescaped segments.
-    ///
-    /// # Errors
-    /// When the pointer does not start with `/` or is only `/`.
-    pub fn segments(&self) -> Result<Vec<String>, String> {
-        let rest = self.pointer.strip_prefix('/').ok_or_else(|| {
-            format!(
-                "`{}` is not a JSON pointer (it must start with `/`)",
-                self.pointer
-            )
-        })?;
-        if rest.is_empty() {
-            return Err("the whole event cannot be redacted".into());
-        }
-        Ok(rest
-            .split('/')
-            .map(|s| s.replace("~1", "/").replace("~0", "~"))
-            .collect())
-    }
-}
 
 /// `*` matches any run of characters; everything else matches itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -144,13 +69,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Builds the policy; pointers were validated with the configuration.
+    /// Builds the policy from the configured rules.
     pub fn new(filters: &[FilterRule], redactions: &[RedactRule]) -> Self {
         Self {
             filters: filters.to_vec(),
             redactions: redactions
                 .iter()
-                .filter_map(|r| r.segments().ok().map(|s| (s, r.resource.clone())))
+                .map(|r| (r.pointer.segments().to_vec(), r.resource.clone()))
                 .collect(),
         }
     }
@@ -303,7 +228,7 @@ mod tests {
     #[test]
     fn redaction_keeps_order_and_validity() {
         let rule = |p: &str, r: &[&str]| RedactRule {
-            pointer: p.into(),
+            pointer: crate::config::JsonPointer::parse(p).unwrap(),
             resource: r.iter().map(|s| (*s).to_owned()).collect(),
         };
         let policy = Policy::new(
@@ -328,14 +253,6 @@ mod tests {
             policy.redact(&raw),
             None,
             "the secrets-only rule does not apply; no other path exists"
-        );
-        assert!(
-            RedactRule {
-                pointer: "x".into(),
-                resource: vec![]
-            }
-            .segments()
-            .is_err()
         );
     }
 }

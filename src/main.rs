@@ -26,7 +26,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
-            println!("{file}: OK\n{config:#?}", file = file.display());
+            let effective = config
+                .to_toml()
+                .map_err(|e| anyhow::anyhow!("cannot print the effective configuration: {e}"))?;
+            println!(
+                "{file}: OK\n# The effective configuration, every default filled in:\n{effective}",
+                file = file.display()
+            );
             Ok(())
         }
         Command::GenCerts { dir, test_extras } => {
@@ -55,17 +61,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let address = config.listen.address;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} (listen.address)"))?;
-    let admin =
-        match config.admin.address {
-            Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
-                || format!("cannot listen on {address} (admin.address; \"off\" disables it)"),
-            )?),
-            None => None,
-        };
+    let listeners = kube_audit_relay::Listeners::bind(&config).await?;
+    let app = kube_audit_relay::App::build(config, listeners).await?;
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
@@ -73,11 +70,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stop signal received");
         signal_token.cancel();
     });
-    let listeners = kube_audit_relay::Listeners {
-        webhook: listener,
-        admin,
-    };
-    kube_audit_relay::run(config, listeners, shutdown).await?;
+    app.serve(shutdown).await;
     Ok(())
 }
 

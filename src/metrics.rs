@@ -1,7 +1,7 @@
-//! Prometheus metrics: one registry per process, handles shared by the listener, the webhook
-//! and the senders; encoded in the OpenMetrics text format by the admin listener.
-
-use std::sync::Arc;
+//! Prometheus metrics: one registry per process, recorded through typed methods by the
+//! webhook, the listener and the senders, and encoded in the OpenMetrics text format by the
+//! admin listener. This module knows nothing of the rest of the relay: whoever owns a value
+//! (the queue's size, a destination's backlog) records it.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -10,44 +10,98 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::queue::Queue;
-
 /// Label set: a list of (name, value) pairs.
 type Labels = Vec<(&'static str, String)>;
+
+/// A gauge holding an `f64`.
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// What happened to the events of accepted batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// `kar_events_received_total`: items in accepted EventLists.
+    Received,
+    /// `kar_events_deduplicated_total`: repeats of (auditID, stage) dropped.
+    Deduplicated,
+    /// `kar_events_truncated_total`: shortened by the apiserver truncation rule.
+    Truncated,
+    /// `kar_events_filtered_total`: dropped by a filter rule.
+    Filtered,
+    /// `kar_events_redacted_total`: at least one value redacted.
+    Redacted,
+}
+
+/// Which end of a TLS connection the relay was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The webhook listener.
+    Server,
+    /// A destination.
+    Client,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
+}
 
 /// Every metric the relay exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// `kar_requests_total{code}`: webhook answers by HTTP status.
-    pub requests: Family<Labels, Counter>,
-    /// `kar_request_duration_seconds`: request received to answer sent.
-    pub request_duration: Histogram,
-    /// `kar_events_received_total`: items in accepted EventLists.
-    pub events_received: Counter,
-    /// `kar_events_deduplicated_total`: repeats of (auditID, stage) dropped.
-    pub events_deduplicated: Counter,
-    /// `kar_events_truncated_total`: events shortened by the apiserver truncation rule.
-    pub events_truncated: Counter,
-    /// `kar_events_filtered_total`: events dropped by a filter rule.
-    pub events_filtered: Counter,
-    /// `kar_events_redacted_total`: events with at least one redacted value.
-    pub events_redacted: Counter,
-    /// `kar_events_dropped_total{reason}`: events that could not be relayed (too large).
-    pub events_dropped: Family<Labels, Counter>,
-    /// `kar_events_sent_total{destination}`: records confirmed delivered.
-    pub events_sent: Family<Labels, Counter>,
-    /// `kar_destination_up{destination}`: 1 while connected.
-    pub destination_up: Family<Labels, Gauge>,
-    /// `kar_destination_backlog_records{destination}`: stored, not yet confirmed.
-    pub destination_backlog: Family<Labels, Gauge>,
-    /// `kar_destination_oldest_undelivered_seconds{destination}`: age of the oldest stored
-    /// event not yet confirmed (0 when caught up).
-    pub destination_oldest_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    /// `kar_queue_bytes`: bytes the queue holds (updated at each scrape).
-    pub queue_bytes: Gauge,
-    /// `kar_tls_handshake_failures_total{side,reason}`.
-    pub tls_handshake_failures: Family<Labels, Counter>,
+    requests: Family<Labels, Counter>,
+    requests_in_flight: Gauge,
+    request_duration: Histogram,
+    events_received: Counter,
+    events_deduplicated: Counter,
+    events_truncated: Counter,
+    events_filtered: Counter,
+    events_redacted: Counter,
+    events_dropped: Family<Labels, Counter>,
+    events_sent: Family<Labels, Counter>,
+    destination_up: Family<Labels, Gauge>,
+    destination_backlog: Family<Labels, Gauge>,
+    destination_oldest_seconds: Family<Labels, FloatGauge>,
+    queue_bytes: Gauge,
+    tls_handshake_failures: Family<Labels, Counter>,
+    connections_evicted: Family<Labels, Counter>,
+    /// Serialises [`Metrics::set_dropped_total`]'s read-then-add.
+    totals: std::sync::Mutex<()>,
+}
+
+/// One destination's metrics, resolved once so the send loop does no label lookups.
+#[derive(Debug, Clone)]
+pub struct DestinationMetrics {
+    sent: Counter,
+    up: Gauge,
+    backlog: Gauge,
+    oldest: FloatGauge,
+}
+
+impl DestinationMetrics {
+    /// Counts `n` events confirmed delivered.
+    pub fn sent(&self, n: u64) {
+        self.sent.inc_by(n);
+    }
+
+    /// Sets whether the destination is connected.
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    /// Sets the number of stored events not yet confirmed.
+    pub fn set_backlog(&self, records: u64) {
+        self.backlog.set(i64::try_from(records).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the age of the oldest stored event not yet confirmed.
+    pub fn set_oldest_undelivered(&self, age: std::time::Duration) {
+        self.oldest.set(age.as_secs_f64());
+    }
 }
 
 impl Default for Metrics {
@@ -62,6 +116,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kar");
         let m = Self {
             requests: Family::default(),
+            requests_in_flight: Gauge::default(),
             request_duration: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
             ]),
@@ -77,119 +132,193 @@ impl Metrics {
             destination_oldest_seconds: Family::default(),
             queue_bytes: Gauge::default(),
             tls_handshake_failures: Family::default(),
+            connections_evicted: Family::default(),
+            totals: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
-        registry.register(
+        let r = &mut registry;
+        r.register(
             "requests",
             "Webhook answers by HTTP status code",
             m.requests.clone(),
         );
-        registry.register(
+        r.register(
+            "requests_in_flight",
+            "Webhook requests received and not yet answered",
+            m.requests_in_flight.clone(),
+        );
+        r.register(
             "request_duration_seconds",
             "Time from request to answer",
             m.request_duration.clone(),
         );
-        registry.register(
+        r.register(
             "events_received",
             "Audit events in accepted batches",
             m.events_received.clone(),
         );
-        registry.register(
+        r.register(
             "events_deduplicated",
             "Events dropped as repeats of (auditID, stage)",
             m.events_deduplicated.clone(),
         );
-        registry.register(
+        r.register(
             "events_truncated",
             "Events shortened by the apiserver truncation rule",
             m.events_truncated.clone(),
         );
-        registry.register(
+        r.register(
             "events_filtered",
             "Events dropped by a filter rule",
             m.events_filtered.clone(),
         );
-        registry.register(
+        r.register(
             "events_redacted",
             "Events with at least one redacted value",
             m.events_redacted.clone(),
         );
-        registry.register(
+        r.register(
             "events_dropped",
-            "Events that could not be relayed",
+            "Events that could not be relayed, by reason",
             m.events_dropped.clone(),
         );
-        registry.register(
+        r.register(
             "events_sent",
             "Events confirmed delivered, per destination",
             m.events_sent.clone(),
         );
-        registry.register(
+        r.register(
             "destination_up",
             "1 while the destination is connected",
             m.destination_up.clone(),
         );
-        registry.register(
+        r.register(
             "destination_backlog_records",
             "Events stored and not yet confirmed, per destination",
             m.destination_backlog.clone(),
         );
-        registry.register(
+        r.register(
             "destination_oldest_undelivered_seconds",
             "Age of the oldest stored event not yet confirmed, per destination",
             m.destination_oldest_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "queue_bytes",
             "Bytes held by the queue",
             m.queue_bytes.clone(),
         );
-        registry.register(
+        r.register(
             "tls_handshake_failures",
             "Refused TLS handshakes by side (server: webhook listener, client: destinations) and reason",
             m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "connections_evicted",
+            "Webhook connections closed to make room at listen.max_connections, by state (handshake, idle)",
+            m.connections_evicted.clone(),
         );
         let build = Family::<Labels, Gauge>::default();
         build
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
             .set(1);
-        registry.register("build_info", "Build information", build);
+        r.register("build_info", "Build information", build);
         Self { registry, ..m }
     }
 
-    /// One destination's label set.
-    pub fn destination(name: &str) -> Labels {
-        vec![("destination", name.to_owned())]
+    /// A webhook request arrived (`true`) or was answered or abandoned (`false`).
+    pub fn request_in_flight(&self, started: bool) {
+        if started {
+            self.requests_in_flight.inc();
+        } else {
+            self.requests_in_flight.dec();
+        }
     }
 
-    /// Counts a refused TLS handshake; `side` is `server` or `client`.
-    pub fn tls_failure(&self, side: &'static str, error: &dyn std::fmt::Display) {
-        let reason = tls_failure_reason(&error.to_string());
+    /// Counts one webhook answer and its latency.
+    pub fn request_answered(&self, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![("code", status.to_string())])
+            .inc();
+        self.request_duration.observe(seconds);
+    }
+
+    /// Counts `n` events with `outcome`.
+    pub fn events(&self, outcome: EventOutcome, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match outcome {
+            EventOutcome::Received => &self.events_received,
+            EventOutcome::Deduplicated => &self.events_deduplicated,
+            EventOutcome::Truncated => &self.events_truncated,
+            EventOutcome::Filtered => &self.events_filtered,
+            EventOutcome::Redacted => &self.events_redacted,
+        }
+        .inc_by(n);
+    }
+
+    /// Counts `n` events that could not be relayed (`too_large`, `datagram_too_large`,
+    /// `queue_full`...).
+    pub fn dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.events_dropped
+                .get_or_create(&vec![("reason", reason.to_owned())])
+                .inc_by(n);
+        }
+    }
+
+    /// Brings the count of `reason` up to `total`, for drops counted elsewhere (the queue's
+    /// `when_full = "drop_oldest"`).
+    pub fn set_dropped_total(&self, reason: &'static str, total: u64) {
+        let _serial = self
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counter = self
+            .events_dropped
+            .get_or_create(&vec![("reason", reason.to_owned())]);
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
+    /// The handles of one destination's metrics (created at 0).
+    pub fn destination(&self, name: &str) -> DestinationMetrics {
+        let labels = vec![("destination", name.to_owned())];
+        DestinationMetrics {
+            sent: self.events_sent.get_or_create(&labels).clone(),
+            up: self.destination_up.get_or_create(&labels).clone(),
+            backlog: self.destination_backlog.get_or_create(&labels).clone(),
+            oldest: self
+                .destination_oldest_seconds
+                .get_or_create(&labels)
+                .clone(),
+        }
+    }
+
+    /// Sets the bytes the queue holds.
+    pub fn set_queue_bytes(&self, bytes: u64) {
+        self.queue_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a refused TLS handshake (`reason` from [`crate::tls::failure_reason`]).
+    pub fn tls_failure(&self, side: Side, reason: &'static str) {
         self.tls_handshake_failures
             .get_or_create(&vec![
-                ("side", side.to_owned()),
+                ("side", side.as_str().to_owned()),
                 ("reason", reason.to_owned()),
             ])
             .inc();
     }
 
-    /// The OpenMetrics text of every metric, with the queue gauges refreshed; `destinations`
-    /// names the queue's readers in order.
-    pub fn encode(&self, queue: Option<&Queue>, destinations: &[String]) -> String {
-        if let Some(q) = queue {
-            self.queue_bytes
-                .set(i64::try_from(q.stats().bytes).unwrap_or(i64::MAX));
-            for (name, age) in destinations.iter().zip(q.oldest_undelivered()) {
-                self.destination_oldest_seconds
-                    .get_or_create(&Self::destination(name))
-                    .set(age.as_secs_f64());
-            }
-            for (name, backlog) in destinations.iter().zip(q.backlogs()) {
-                self.destination_backlog
-                    .get_or_create(&Self::destination(name))
-                    .set(i64::try_from(backlog).unwrap_or(i64::MAX));
-            }
-        }
+    /// Counts a connection closed to make room at the connection cap.
+    pub fn connection_evicted(&self, state: &'static str) {
+        self.connections_evicted
+            .get_or_create(&vec![("state", state.to_owned())])
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -197,25 +326,3 @@ impl Metrics {
         out
     }
 }
-
-/// A short, stable reason for a TLS failure, from rustls' message.
-pub fn tls_failure_reason(message: &str) -> &'static str {
-    let rules: &[(&str, &str)] = &[
-        ("no certificates", "no_client_certificate"),
-        ("UnknownIssuer", "unknown_issuer"),
-        ("expired", "expired"),
-        ("not valid yet", "not_yet_valid"),
-        ("not valid for name", "name_mismatch"),
-        ("InvalidContentType", "not_tls"),
-        ("timeout", "timeout"),
-        ("protocol version", "protocol_version"),
-        ("alert", "peer_alert"),
-    ];
-    rules
-        .iter()
-        .find(|(needle, _)| message.contains(needle))
-        .map_or("other", |(_, reason)| reason)
-}
-
-/// Shared handle.
-pub type SharedMetrics = Arc<Metrics>;

@@ -1,5 +1,7 @@
 //! TLS configuration for both sides: the webhook listener (server, optional mutual TLS) and
-//! the syslog destinations (client). One crypto provider (ring), TLS 1.2 and 1.3 only.
+//! the destinations (client). One crypto provider (ring), TLS 1.2 and 1.3 only. Both sides
+//! reload their files without a restart. [`failure_reason`] names why a handshake failed,
+//! from rustls' error variants, for logs and metrics.
 //!
 //! PEM files are read with `rustls-pki-types`' `PemObject`, the maintained successor of the
 //! archived `rustls-pemfile` crate.
@@ -10,11 +12,11 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientAuth, DestinationConfig, ListenConfig};
+use crate::config::{ClientAuth, DestinationConfig, ListenConfig, Pin};
 
 /// A TLS setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +37,22 @@ pub enum TlsError {
         /// rustls' reason.
         source: rustls::Error,
     },
-    /// The client verifier could not be built from the CA bundle.
-    #[error("client_ca: {0}")]
-    Verifier(String),
+    /// A certificate verifier could not be built from the CA bundle.
+    #[error("{setting}: {source}")]
+    Verifier {
+        /// `client_ca` or `ca`.
+        setting: &'static str,
+        /// rustls' reason.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The URL host is not a name TLS can verify (set `server_name`).
+    #[error("`{name}` is not a TLS server name ({reason}); set server_name")]
+    ServerName {
+        /// The host.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// No root certificates could be loaded for a destination without `ca`.
     #[error("no usable system root certificates (set `ca`): {0}")]
     NoRoots(String),
@@ -93,16 +108,46 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The listener's server configuration, or `None` for plain HTTP.
+/// The files and mode of the listener's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Whether client certificates are asked for.
+    pub client_auth: ClientAuth,
+}
+
+impl ServerTlsFiles {
+    /// The listener's TLS files, `None` for plain HTTP.
+    pub fn of(listen: &ListenConfig) -> Option<Self> {
+        Some(Self {
+            cert: listen.tls_cert.clone()?,
+            key: listen.tls_key.clone()?,
+            client_ca: listen.client_ca.clone(),
+            client_auth: listen.client_auth,
+        })
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
+}
+
+/// The server configuration for `files`, offering ALPN `h2` and `http/1.1`.
 ///
 /// # Errors
 /// [`TlsError`] naming the file or setting at fault.
-pub fn server_config(listen: &ListenConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
-    let (Some(cert_path), Some(key_path)) = (&listen.tls_cert, &listen.tls_key) else {
-        return Ok(None);
-    };
-    let certs = load_certs(cert_path)?;
-    let key = load_key(key_path)?;
+pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(VERSIONS)
@@ -110,8 +155,7 @@ pub fn server_config(listen: &ListenConfig) -> Result<Option<Arc<ServerConfig>>,
             context: "listen".into(),
             source,
         })?;
-    let mode = listen.effective_client_auth();
-    let builder = match (mode, &listen.client_ca) {
+    let builder = match (files.client_auth, &files.client_ca) {
         (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
         (mode, Some(ca)) => {
             let roots = Arc::new(load_roots(ca)?);
@@ -121,29 +165,64 @@ pub fn server_config(listen: &ListenConfig) -> Result<Option<Arc<ServerConfig>>,
             } else {
                 verifier
             };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|e| TlsError::Verifier(e.to_string()))?,
-            )
+            builder.with_client_cert_verifier(verifier.build().map_err(|source| {
+                TlsError::Verifier {
+                    setting: "client_ca",
+                    source,
+                }
+            })?)
         }
     };
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|source| TlsError::Rustls {
-            context: format!("listen.tls_cert/tls_key ({})", cert_path.display()),
+            context: format!("listen.tls_cert/tls_key ({})", files.cert.display()),
             source,
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(Arc::new(config))
+}
+
+/// The files of a destination's TLS client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// Which destination, for error messages.
+    pub label: String,
+    /// CA bundle; the system roots when unset.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// SHA-256 the receiver's certificate must have, on top of normal verification.
+    pub pin: Option<Pin>,
+}
+
+impl ClientTlsFiles {
+    /// The TLS files of a destination.
+    pub fn of(dest: &DestinationConfig) -> Self {
+        Self {
+            label: format!("destination {}", dest.name),
+            ca: dest.ca.clone(),
+            identity: dest.client_cert.clone().zip(dest.client_key.clone()),
+            pin: dest.pin_sha256,
+        }
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        let (cert, key) = self.identity.as_ref().map(|(c, k)| (c, k)).unzip();
+        [self.ca.as_ref(), cert, key]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
 }
 
 /// The client configuration of a TLS destination.
 ///
 /// # Errors
 /// [`TlsError`] naming the file or setting at fault.
-pub fn client_config(dest: &DestinationConfig) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = match &dest.ca {
+pub fn client_config(files: &ClientTlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match &files.ca {
         Some(ca) => load_roots(ca)?,
         None => {
             let native = rustls_native_certs::load_native_certs();
@@ -162,56 +241,35 @@ pub fn client_config(dest: &DestinationConfig) -> Result<Arc<ClientConfig>, TlsE
     let provider = provider();
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        .map_err(|source| TlsError::Verifier {
+            setting: "ca",
+            source,
+        })?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(|source| TlsError::Rustls {
-            context: format!("destination {}", dest.name),
+            context: files.label.clone(),
             source,
         })?;
-    let builder = match &dest.pin_sha256 {
+    let builder = match files.pin {
         None => builder.with_webpki_verifier(verifier),
-        Some(pin) => {
-            let pin = parse_pin(pin).map_err(TlsError::Verifier)?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                    inner: verifier,
-                    pin,
-                }))
-        }
+        Some(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                inner: verifier,
+                pin,
+            })),
     };
-    let config = match (&dest.client_cert, &dest.client_key) {
-        (Some(cert), Some(key)) => builder
+    let config = match &files.identity {
+        Some((cert, key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
             .map_err(|source| TlsError::Rustls {
-                context: format!("destination {} client_cert/client_key", dest.name),
+                context: format!("{} client_cert/client_key", files.label),
                 source,
             })?,
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
-}
-
-/// Parses a SHA-256 pin written as 64 hex digits (colons allowed) or as base64.
-///
-/// # Errors
-/// A message when the text is neither, or not 32 bytes.
-pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
-    use base64::Engine;
-    let hex: String = text.chars().filter(|c| *c != ':').collect();
-    let bytes = if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        (0..32)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
-            .collect()
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| format!("`{text}` is neither 64 hex digits nor base64"))?
-    };
-    bytes
-        .try_into()
-        .map_err(|_| "a SHA-256 pin is 32 bytes".to_owned())
 }
 
 /// SHA-256 of a certificate (its DER bytes), as pins are written.
@@ -222,12 +280,17 @@ pub fn certificate_sha256(der: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The receiver's certificate verified but is not the pinned one.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate does not match pin_sha256")]
+pub struct PinMismatch;
+
 /// Normal WebPKI verification (chain and name) and, on top, the leaf certificate must have
 /// the pinned SHA-256: a valid certificate from the right CA but not the expected one is refused.
 #[derive(Debug)]
 struct PinnedVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    pin: [u8; 32],
+    pin: Pin,
 }
 
 impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
@@ -246,12 +309,12 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
             ocsp_response,
             now,
         )?;
-        if certificate_sha256(end_entity) == self.pin {
+        if certificate_sha256(end_entity) == self.pin.0 {
             Ok(verified)
         } else {
-            Err(rustls::Error::General(
-                "certificate does not match pin_sha256".into(),
-            ))
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(PinMismatch)),
+            )))
         }
     }
 
@@ -278,6 +341,69 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// A short, stable name for why a TLS handshake or session failed, found by walking the
+/// error's sources to the `rustls::Error` (tokio-rustls wraps it in an `io::Error`).
+pub fn failure_reason(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    use rustls::{Error, InvalidMessage, PeerIncompatible as P};
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return "timeout";
+            }
+            // `io::Error::source` skips the wrapped error itself; look at it directly.
+            current = io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            continue;
+        }
+        if let Some(rustls) = e.downcast_ref::<Error>() {
+            return match rustls {
+                Error::NoCertificatesPresented => "no_client_certificate",
+                Error::InvalidCertificate(c) => match c {
+                    CertificateError::UnknownIssuer => "unknown_issuer",
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                        "expired"
+                    }
+                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                        "not_yet_valid"
+                    }
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. } => "name_mismatch",
+                    CertificateError::Other(other) if other.0.is::<PinMismatch>() => "pin_mismatch",
+                    _ => "bad_certificate",
+                },
+                Error::InvalidMessage(InvalidMessage::InvalidContentType) => "not_tls",
+                // A TLS 1.0 or 1.1 ClientHello carries no signature_algorithms extension:
+                // that is how rustls sees a client too old to speak 1.2.
+                Error::PeerIncompatible(
+                    P::SignatureAlgorithmsExtensionRequired
+                    | P::SupportedVersionsExtensionRequired
+                    | P::Tls12NotOffered
+                    | P::Tls12NotOfferedOrEnabled
+                    | P::ServerDoesNotSupportTls12Or13
+                    | P::ServerTlsVersionIsDisabledByOurConfig,
+                ) => "protocol_version",
+                Error::PeerIncompatible(_) => "incompatible",
+                Error::AlertReceived(_) => "peer_alert",
+                _ => "other",
+            };
+        }
+        current = e.source();
+    }
+    "other"
+}
+
+/// What went wrong in a TLS failure, for a log line: rustls' own message, except for a
+/// pin mismatch, which rustls can only print as `Other(..)`.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    if failure_reason(error) == "pin_mismatch" {
+        PinMismatch.to_string()
+    } else {
+        error.to_string()
+    }
+}
+
 /// Hash of the contents of the given files (missing files hash as empty), to notice any
 /// change, including a Kubernetes Secret volume swapping its `..data` symlink, which leaves
 /// modification times of the visible paths untouched.
@@ -297,34 +423,24 @@ fn files_fingerprint(files: &[&Path]) -> u64 {
 /// does not match) is logged and the previous configuration stays in use.
 #[derive(Debug)]
 pub struct ReloadingServerConfig {
-    listen: ListenConfig,
+    files: ServerTlsFiles,
     current: std::sync::RwLock<Arc<ServerConfig>>,
     /// Fingerprint of the files last seen (loaded or rejected).
     seen: std::sync::Mutex<u64>,
 }
 
 impl ReloadingServerConfig {
-    /// Loads the listener's configuration, or `None` for plain HTTP.
+    /// Loads the listener's configuration.
     ///
     /// # Errors
     /// [`TlsError`] when the files are unusable at start-up.
-    pub fn load(listen: &ListenConfig) -> Result<Option<Arc<Self>>, TlsError> {
-        let Some(config) = server_config(listen)? else {
-            return Ok(None);
-        };
-        Ok(Some(Arc::new(Self {
-            seen: std::sync::Mutex::new(files_fingerprint(&Self::files_of(listen))),
-            listen: listen.clone(),
+    pub fn load(files: ServerTlsFiles) -> Result<Arc<Self>, TlsError> {
+        let config = server_config(&files)?;
+        Ok(Arc::new(Self {
+            seen: std::sync::Mutex::new(files_fingerprint(&files.files())),
+            files,
             current: std::sync::RwLock::new(config),
-        })))
-    }
-
-    fn files_of(listen: &ListenConfig) -> Vec<&Path> {
-        [&listen.tls_cert, &listen.tls_key, &listen.client_ca]
-            .into_iter()
-            .flatten()
-            .map(PathBuf::as_path)
-            .collect()
+        }))
     }
 
     /// An acceptor with the current configuration.
@@ -340,7 +456,7 @@ impl ReloadingServerConfig {
     /// Reloads if the files changed since the last look. Returns whether a new
     /// configuration is now in use.
     pub fn reload_if_changed(&self) -> bool {
-        let fingerprint = files_fingerprint(&Self::files_of(&self.listen));
+        let fingerprint = files_fingerprint(&self.files.files());
         {
             let Ok(mut seen) = self.seen.lock() else {
                 return false;
@@ -350,15 +466,14 @@ impl ReloadingServerConfig {
             }
             *seen = fingerprint;
         }
-        match server_config(&self.listen) {
-            Ok(Some(config)) => {
+        match server_config(&self.files) {
+            Ok(config) => {
                 if let Ok(mut current) = self.current.write() {
                     *current = config;
                 }
                 tracing::info!("listener certificates reloaded");
                 true
             }
-            Ok(None) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "new listener certificate files do not load; keeping the previous ones");
                 false
@@ -389,7 +504,7 @@ impl ReloadingServerConfig {
 /// A destination's client configuration, rebuilt at connect time when its files changed.
 #[derive(Debug)]
 pub struct ReloadingClientConfig {
-    dest: DestinationConfig,
+    files: ClientTlsFiles,
     current: Arc<ClientConfig>,
     fingerprint: u64,
 }
@@ -399,36 +514,77 @@ impl ReloadingClientConfig {
     ///
     /// # Errors
     /// [`TlsError`] when the files are unusable at start-up.
-    pub fn load(dest: &DestinationConfig) -> Result<Self, TlsError> {
+    pub fn load(files: ClientTlsFiles) -> Result<Self, TlsError> {
         Ok(Self {
-            current: client_config(dest)?,
-            fingerprint: files_fingerprint(&Self::files_of(dest)),
-            dest: dest.clone(),
+            current: client_config(&files)?,
+            fingerprint: files_fingerprint(&files.files()),
+            files,
         })
-    }
-
-    fn files_of(dest: &DestinationConfig) -> Vec<&Path> {
-        [&dest.ca, &dest.client_cert, &dest.client_key]
-            .into_iter()
-            .flatten()
-            .map(PathBuf::as_path)
-            .collect()
     }
 
     /// The configuration for the next connection, reloaded first if the files changed.
     pub fn for_next_connection(&mut self) -> Arc<ClientConfig> {
-        let fingerprint = files_fingerprint(&Self::files_of(&self.dest));
+        let fingerprint = files_fingerprint(&self.files.files());
         if fingerprint != self.fingerprint {
             self.fingerprint = fingerprint;
-            match client_config(&self.dest) {
+            match client_config(&self.files) {
                 Ok(config) => {
-                    tracing::info!(destination = %self.dest.name, "destination certificates reloaded");
+                    tracing::info!(destination = %self.files.label, "destination certificates reloaded");
                     self.current = config;
                 }
-                Err(e) => tracing::warn!(destination = %self.dest.name, error = %e,
+                Err(e) => tracing::warn!(destination = %self.files.label, error = %e,
                     "new destination certificate files do not load; keeping the previous ones"),
             }
         }
         self.current.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_come_from_error_variants() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        for (error, reason) in [
+            (
+                rustls::Error::NoCertificatesPresented,
+                "no_client_certificate",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "unknown_issuer",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                "expired",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    Arc::new(PinMismatch),
+                ))),
+                "pin_mismatch",
+            ),
+            (
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                "not_tls",
+            ),
+            (
+                rustls::Error::PeerIncompatible(
+                    rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+                ),
+                "protocol_version",
+            ),
+            (
+                rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
+                "peer_alert",
+            ),
+        ] {
+            assert_eq!(failure_reason(&io(error)), reason);
+        }
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(failure_reason(&timeout), "timeout");
+        assert_eq!(failure_reason(&std::io::Error::other("x")), "other");
     }
 }

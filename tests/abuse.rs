@@ -1,5 +1,6 @@
 //! Hostile and broken clients against the real listener: each case gets its status (or a
-//! closed connection) within its limit, and the relay keeps serving afterwards.
+//! closed connection) within its limit, and the relay keeps serving afterwards. These run the
+//! real binary, because they assert the relay's own peak memory after each case.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -11,14 +12,16 @@ use std::time::{Duration, Instant};
 
 use kube_audit_relay::config::Framing;
 use support::{
-    ClientOptions, Relay, Sink, all_corpus_events, cert, eventlist, post_batch, request,
+    ClientOptions, RelayProcess as Relay, Sink, all_corpus_events, cert, client, eventlist,
+    post_batch,
 };
 
-fn relay(sink: &Sink, listen_extra: &str) -> Relay {
+async fn relay(sink: &Sink, listen_extra: &str) -> Relay {
     Relay::start(&format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n{listen_extra}\n[queue]\nkind = \"memory\"\nmax_bytes = \"512MiB\"\n[[destination]]\nname = \"s\"\nurl = \"tcp://127.0.0.1:{}\"\n",
         sink.addr.port()
     ))
+    .await
 }
 
 /// Sends raw bytes and returns what came back until the server closed or `wait` passed.
@@ -43,24 +46,9 @@ fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Peak resident memory of the relay (VmHWM), in MiB.
-fn peak_rss_mib(relay: &Relay) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib / 1024
-}
-
 /// Memory stays bounded: the peak is asserted after each abuse case.
 fn assert_memory_below(relay: &Relay, mib: u64) {
-    let peak = peak_rss_mib(relay);
+    let peak = relay.peak_rss_mib();
     eprintln!("relay peak RSS: {peak} MiB (bound {mib} MiB)");
     assert!(peak < mib, "relay peak RSS {peak} MiB, bound {mib} MiB");
 }
@@ -84,7 +72,8 @@ async fn slow_clients_time_out() {
     let relay = relay(
         &sink,
         "header_read_timeout = \"1s\"\nrequest_timeout = \"2s\"",
-    );
+    )
+    .await;
     let addr = relay.addr;
     let (headers, body, chunked) = tokio::task::spawn_blocking(move || {
         // Slow headers: the head never completes.
@@ -119,14 +108,28 @@ async fn slow_clients_time_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_cap_holds_extra_connections_back() {
+async fn connection_cap_holds_busy_connections_and_recycles_silent_ones() {
     let sink = Sink::start(Framing::Octet, None).await;
-    let relay = relay(&sink, "max_connections = 4");
-    let held: Vec<TcpStream> = (0..4)
+    let relay = relay(&sink, "max_connections = 4\nrequest_timeout = \"3s\"").await;
+    // Four connections that never send a byte: at the cap they make room for a real client.
+    let silent: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(relay.addr).unwrap())
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // A fifth connection is accepted by the kernel but not served while the cap is reached.
+    still_serving(&relay).await;
+    drop(silent);
+    // Four connections in the middle of a request (the body never completes): a fifth client
+    // waits in the backlog instead of taking a busy connection's slot.
+    let busy: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(relay.addr).unwrap();
+            s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{").unwrap();
+            s
+        })
+        .collect();
+    let m = relay
+        .wait_metric("kar_requests_in_flight", 4.0, Duration::from_secs(5))
+        .await;
+    assert_eq!(m["kar_requests_in_flight"], 4.0);
     let blocked = tokio::time::timeout(
         Duration::from_millis(700),
         post_batch(relay.addr, &ClientOptions::default(), b"{}".to_vec()),
@@ -134,9 +137,9 @@ async fn connection_cap_holds_extra_connections_back() {
     .await;
     assert!(
         blocked.is_err(),
-        "served beyond max_connections: {blocked:?}"
+        "a busy connection lost its slot: {blocked:?}"
     );
-    drop(held);
+    drop(busy);
     still_serving(&relay).await;
     assert_memory_below(&relay, 64);
 }
@@ -144,10 +147,15 @@ async fn connection_cap_holds_extra_connections_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_clear_answers() {
     let sink = Sink::start(Framing::Octet, None).await;
-    let relay = relay(&sink, "max_body_bytes = \"1MiB\"\nmax_header_bytes = 16384");
+    let relay = relay(&sink, "max_body_bytes = \"1MiB\"\nmax_header_bytes = 16384").await;
     let plain = ClientOptions::default();
-    let json = Some("application/json");
-    let post = |body: Vec<u8>| request(relay.addr, &plain, "POST", "/", json, body);
+    let post = |body: Vec<u8>| {
+        client(relay.addr)
+            .options(&plain)
+            .post("/")
+            .json(body)
+            .send()
+    };
 
     let nested = format!(
         "{{\"items\":[{}{}]}}",
@@ -162,7 +170,7 @@ async fn hostile_bodies_get_clear_answers() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "huge number: {}", r.body);
-    let got = sink.wait_for(1, Duration::from_secs(5));
+    let got = sink.wait_for(1, Duration::from_secs(5)).await;
     assert!(String::from_utf8_lossy(&got[0]).ends_with(r#""x":1e999999}"#));
 
     let r = post(br#"{"items":[],"items":[]}"#.to_vec()).await.unwrap();
@@ -179,7 +187,7 @@ async fn hostile_bodies_get_clear_answers() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let got = sink.wait_for(2, Duration::from_secs(5));
+    let got = sink.wait_for(2, Duration::from_secs(5)).await;
     let m = kube_audit_relay::syslog::parse_strict(&got[1]).unwrap();
     assert_eq!(m.msgid, "S_", "control characters never reach the header");
     serde_json::from_slice::<serde_json::Value>(m.msg).unwrap();
@@ -239,7 +247,7 @@ fn chunked(chunks: Vec<Vec<u8>>) -> Chunked {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_batches_and_huge_events() {
     let sink = Sink::start(Framing::Octet, None).await;
-    let relay = relay(&sink, "");
+    let relay = relay(&sink, "").await;
     // 100 000 tiny items in one batch.
     let items: Vec<String> = (0..100_000)
         .map(|i| format!(r#"{{"auditID":"tiny-{i}","stage":"ResponseComplete"}}"#))
@@ -250,7 +258,7 @@ async fn huge_batches_and_huge_events() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        sink.wait_for(100_000, Duration::from_secs(30)).len(),
+        sink.wait_for(100_000, Duration::from_secs(30)).await.len(),
         100_000
     );
     // One 60 MiB event: accepted (under the 64 MiB body limit), truncated by the apiserver rule.
@@ -263,7 +271,7 @@ async fn huge_batches_and_huge_events() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let got = sink.wait_for(100_001, Duration::from_secs(30));
+    let got = sink.wait_for(100_001, Duration::from_secs(30)).await;
     let last = kube_audit_relay::syslog::parse_strict(got.last().unwrap()).unwrap();
     let v: serde_json::Value = serde_json::from_slice(last.msg).unwrap();
     assert_eq!(v["auditID"], "huge-event");
@@ -294,7 +302,8 @@ async fn old_tls_versions_are_refused() {
             cert("server.crt"),
             cert("server.key")
         ),
-    );
+    )
+    .await;
     let addr = relay.addr.to_string();
     for version in ["-tls1", "-tls1_1", "-tls1_2", "-tls1_3"] {
         let out = std::process::Command::new("openssl")
@@ -320,7 +329,16 @@ async fn old_tls_versions_are_refused() {
             _ => assert!(established, "{version} must work:\n{text}"),
         }
     }
-    assert!(relay.wait_log("TLS handshake refused", Duration::from_secs(5)));
+    assert!(
+        relay
+            .wait_log("TLS handshake refused", Duration::from_secs(5))
+            .await
+    );
+    let m = relay.metrics().await;
+    assert_eq!(
+        m["kar_tls_handshake_failures_total{side=\"server\",reason=\"protocol_version\"}"], 2.0,
+        "TLS 1.0 and 1.1 refused and counted"
+    );
     still_serving_tls(&relay).await;
 }
 
@@ -351,7 +369,8 @@ async fn http2_stream_floods_and_resets() {
             cert("server.crt"),
             cert("server.key")
         ),
-    );
+    )
+    .await;
     let options = ClientOptions::https(None, true);
     let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(support::client_tls_config(&options))

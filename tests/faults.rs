@@ -10,15 +10,15 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::load::{Load, report, tally};
 use support::receivers::{PeerAuth, Receiver};
-use support::{Relay, cert, free_port, wait_until};
+use support::{RelayProcess as Relay, cert, wait_until};
 
-/// A relay on a fixed port (so that restarts keep the address) with a disk queue in its
-/// directory and one TLS destination: the receiver.
+/// A relay with a disk queue in its directory and one TLS destination: the receiver. Port 0
+/// for a first start; a restart names the port the first start got, so the load generator
+/// keeps its address.
 fn config(port: u16, receiver: &Receiver, queue_extra: &str) -> String {
     format!(
         r#"[listen]
@@ -44,17 +44,24 @@ confirm_after = "300ms"
     )
 }
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// Waits until every acked event arrived (or the timeout), then tallies.
-fn settle(receiver: &Receiver, acked: &HashSet<String>, timeout: Duration) -> support::load::Tally {
+async fn settle(
+    receiver: &Receiver,
+    acked: &HashSet<String>,
+    timeout: Duration,
+) -> support::load::Tally {
     wait_until(timeout, || {
         let got: HashSet<String> = receiver.audit_ids().into_iter().collect();
         acked.iter().all(|id| got.contains(id))
-    });
+    })
+    .await;
     tally(acked, &receiver.audit_ids())
+}
+
+/// Lets the load run until `n` more events were answered 200.
+async fn load_runs(load: &Load, n: usize) -> bool {
+    let before = load.acked_count();
+    wait_until(Duration::from_secs(30), || load.acked_count() >= before + n).await
 }
 
 fn assert_no_loss(scenario: &str, t: support::load::Tally, min_acked: usize) {
@@ -72,28 +79,30 @@ fn assert_no_loss(scenario: &str, t: support::load::Tally, min_acked: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing() {
-    let Some(receiver) = Receiver::rsyslog(PeerAuth::None) else {
+    let Some(receiver) = Receiver::rsyslog(PeerAuth::None).await else {
         return;
     };
-    let port = free_port();
-    let cfg = config(port, &receiver, "segment_bytes = \"1MiB\"");
-    let mut relay = Relay::start(&cfg);
-    let mut load = Load::start(addr(port), "kill9", 4, 50);
+    let mut relay = Relay::start(&config(0, &receiver, "segment_bytes = \"1MiB\"")).await;
+    let cfg = config(relay.addr.port(), &receiver, "segment_bytes = \"1MiB\"");
+    let mut load = Load::start(relay.addr, "kill9", 4, 50);
     for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let before = load.acked_count();
+        assert!(load_runs(&load, 1000).await, "round {round}: the load runs");
         let dir = relay.kill9();
-        assert!(
-            before > 0,
-            "round {round}: nothing acknowledged before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        relay = Relay::start_in(dir, &cfg);
+        // The load keeps posting at the dead address for a moment.
+        let errors = load.status_count("error");
+        wait_until(Duration::from_secs(5), || {
+            load.status_count("error") > errors
+        })
+        .await;
+        relay = Relay::start_in(dir, &cfg).await;
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        load_runs(&load, 1000).await,
+        "the load runs after the last restart"
+    );
     load.stop().await;
     let acked = load.acked.lock().unwrap().clone();
-    let t = settle(&receiver, &acked, Duration::from_secs(60));
+    let t = settle(&receiver, &acked, Duration::from_secs(60)).await;
     report(
         "relay killed with -9 three times under load",
         t,
@@ -109,16 +118,15 @@ async fn kill_9_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_outage_fills_the_queue_then_drains_without_loss() {
-    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None) else {
+    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None).await else {
         return;
     };
-    let port = free_port();
-    let relay = Relay::start(&config(port, &receiver, "max_bytes = \"2MiB\""));
-    let mut load = Load::start(addr(port), "outage", 4, 50);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    receiver.stop();
+    let relay = Relay::start(&config(0, &receiver, "max_bytes = \"2MiB\"")).await;
+    let mut load = Load::start(relay.addr, "outage", 4, 50);
+    assert!(load_runs(&load, 1000).await);
+    receiver.stop().await;
     // The queue (2 MiB) fills while the receiver is down: 200s turn into 503s.
-    let full = wait_until(Duration::from_secs(30), || load.status_count("503") >= 5);
+    let full = wait_until(Duration::from_secs(30), || load.status_count("503") >= 5).await;
     assert!(
         full,
         "no 503 while the receiver was down: {:?}",
@@ -128,20 +136,16 @@ async fn receiver_outage_fills_the_queue_then_drains_without_loss() {
         load.retry_after.lock().unwrap().contains("1"),
         "503 carries Retry-After: 1"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    receiver.restart();
-    let acked_at_restart = load.acked_count();
+    receiver.restart().await;
     // The backlog drains and new batches are accepted again.
-    let accepting = wait_until(Duration::from_secs(30), || {
-        load.acked_count() > acked_at_restart + 500
-    });
+    let accepting = load_runs(&load, 500).await;
     load.stop().await;
     assert!(
         accepting,
         "the relay did not accept again after the receiver came back"
     );
     let acked = load.acked.lock().unwrap().clone();
-    let t = settle(&receiver, &acked, Duration::from_secs(60));
+    let t = settle(&receiver, &acked, Duration::from_secs(60)).await;
     report(
         "receiver stopped, queue full (503), receiver back",
         t,
@@ -158,22 +162,26 @@ async fn receiver_outage_fills_the_queue_then_drains_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_killed_mid_stream_loses_nothing() {
-    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None) else {
+    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None).await else {
         return;
     };
-    let port = free_port();
-    let relay = Relay::start(&config(port, &receiver, ""));
-    let mut load = Load::start(addr(port), "reset", 4, 50);
+    let relay = Relay::start(&config(0, &receiver, "")).await;
+    let mut load = Load::start(relay.addr, "reset", 4, 50);
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(load_runs(&load, 1000).await);
         receiver.kill9();
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        receiver.restart();
+        // The relay notices the reset before the receiver is back.
+        let resets = relay.logs.count("destination unavailable");
+        wait_until(Duration::from_secs(5), || {
+            relay.logs.count("destination unavailable") > resets
+        })
+        .await;
+        receiver.restart().await;
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(load_runs(&load, 1000).await);
     load.stop().await;
     let acked = load.acked.lock().unwrap().clone();
-    let t = settle(&receiver, &acked, Duration::from_secs(60));
+    let t = settle(&receiver, &acked, Duration::from_secs(60)).await;
     report(
         "receiver killed with -9 twice mid-stream",
         t,
@@ -216,7 +224,7 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_answers_503_and_recovers() {
-    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None) else {
+    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -227,29 +235,27 @@ async fn disk_full_answers_503_and_recovers() {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let port = free_port();
     // The queue limit (1 GiB) is far above the disk: the disk fills first.
-    let cfg = config(port, &receiver, "segment_bytes = \"256KiB\"");
-    receiver.stop();
-    let relay = Relay::start_in(dir, &cfg);
-    let mut load = Load::start(addr(port), "enospc", 2, 50);
-    let full = wait_until(Duration::from_secs(30), || load.status_count("503") >= 5);
+    let cfg = config(0, &receiver, "segment_bytes = \"256KiB\"");
+    receiver.stop().await;
+    let relay = Relay::start_in(dir, &cfg).await;
+    let mut load = Load::start(relay.addr, "enospc", 2, 50);
+    let full = wait_until(Duration::from_secs(30), || load.status_count("503") >= 5).await;
     assert!(
         full,
         "no 503 on a full disk: {:?}",
         load.statuses.lock().unwrap()
     );
     assert!(
-        relay.wait_log("No space left on device", Duration::from_secs(5)),
+        relay
+            .wait_log("No space left on device", Duration::from_secs(5))
+            .await,
         "ENOSPC is logged: {}",
         relay.logs()
     );
-    let acked_when_full = load.acked_count();
-    receiver.restart();
+    receiver.restart().await;
     // Delivered segments are deleted, space returns, batches are accepted again.
-    let recovered = wait_until(Duration::from_secs(30), || {
-        load.acked_count() > acked_when_full + 500
-    });
+    let recovered = load_runs(&load, 500).await;
     load.stop().await;
     assert!(
         recovered,
@@ -257,7 +263,7 @@ async fn disk_full_answers_503_and_recovers() {
         load.statuses.lock().unwrap()
     );
     let acked = load.acked.lock().unwrap().clone();
-    let t = settle(&receiver, &acked, Duration::from_secs(60));
+    let t = settle(&receiver, &acked, Duration::from_secs(60)).await;
     report(
         "disk full (3 MiB tmpfs), receiver back",
         t,
@@ -289,15 +295,14 @@ fn segment_records(bytes: &[u8]) -> Vec<(usize, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_and_corrupted_queue_files_are_recovered_at_start_up() {
-    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None) else {
+    let Some(mut receiver) = Receiver::rsyslog(PeerAuth::None).await else {
         return;
     };
-    let port = free_port();
-    let cfg = config(port, &receiver, "");
-    receiver.stop();
-    let relay = Relay::start(&cfg);
-    let mut load = Load::start(addr(port), "torn", 2, 50);
-    wait_until(Duration::from_secs(20), || load.acked_count() >= 2000);
+    receiver.stop().await;
+    let relay = Relay::start(&config(0, &receiver, "")).await;
+    let cfg = config(relay.addr.port(), &receiver, "");
+    let mut load = Load::start(relay.addr, "torn", 2, 50);
+    assert!(load_runs(&load, 2000).await);
     load.stop().await;
     let dir = relay.kill9();
     // Damage: flip a byte inside record 10 of the first segment, and leave half a record at
@@ -328,14 +333,14 @@ async fn torn_and_corrupted_queue_files_are_recovered_at_start_up() {
         f.write_all(&900u32.to_le_bytes()).unwrap();
         f.write_all(b"\0\0\0\0half a record").unwrap();
     }
-    receiver.restart();
-    let relay = Relay::start_in(dir, &cfg);
+    receiver.restart().await;
+    let relay = Relay::start_in(dir, &cfg).await;
     let mut acked = load.acked.lock().unwrap().clone();
     assert!(
         acked.remove(&damaged_id),
         "the damaged record was an acknowledged event"
     );
-    let t = settle(&receiver, &acked, Duration::from_secs(60));
+    let t = settle(&receiver, &acked, Duration::from_secs(60)).await;
     report(
         "queue files damaged while down (1 corrupt record, torn tail)",
         t,
@@ -348,7 +353,9 @@ async fn torn_and_corrupted_queue_files_are_recovered_at_start_up() {
     );
     assert!(relay.has_log("torn tail"), "{}", relay.logs());
     assert!(
-        relay.wait_log("failed their CRC", Duration::from_secs(5))
+        relay
+            .wait_log("failed their CRC", Duration::from_secs(5))
+            .await
             || relay.has_log("failed its CRC"),
         "{}",
         relay.logs()
@@ -357,15 +364,14 @@ async fn torn_and_corrupted_queue_files_are_recovered_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_exits_0() {
-    let Some(receiver) = Receiver::rsyslog(PeerAuth::None) else {
+    let Some(receiver) = Receiver::rsyslog(PeerAuth::None).await else {
         return;
     };
-    let port = free_port();
-    let mut relay = Relay::start(&config(port, &receiver, ""));
-    let mut load = Load::start(addr(port), "term", 4, 50);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut relay = Relay::start(&config(0, &receiver, "")).await;
+    let mut load = Load::start(relay.addr, "term", 4, 50);
+    assert!(load_runs(&load, 2000).await);
     let started = Instant::now();
-    let status = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(30)));
+    let status = relay.terminate(Duration::from_secs(30)).await;
     let took = started.elapsed();
     load.stop().await;
     let status = status.expect("the relay exits after SIGTERM");
@@ -376,7 +382,7 @@ async fn sigterm_under_load_drains_and_exits_0() {
     );
     // No restart: the drain itself must have delivered everything.
     let acked = load.acked.lock().unwrap().clone();
-    let t = settle(&receiver, &acked, Duration::from_secs(10));
+    let t = settle(&receiver, &acked, Duration::from_secs(10)).await;
     report(
         "SIGTERM under load (no restart)",
         t,

@@ -171,17 +171,20 @@ fn assert_raw(receiver: &Receiver, events: &[CorpusEvent]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsyslog_tls_octet_counted_with_client_certificates() {
-    let Some(receiver) = Receiver::rsyslog(PeerAuth::Required) else {
+    let Some(receiver) = Receiver::rsyslog(PeerAuth::Required).await else {
         return;
     };
     let relay = Relay::start(&relay_config(&tls_destination(
         "rsyslog",
         receiver.tls_port,
         "octet",
-    )));
+    )))
+    .await;
     let events = all_corpus_events();
     post_all(&relay, &events).await;
-    let received = receiver.wait_for(events.len(), Duration::from_secs(30));
+    let received = receiver
+        .wait_for(events.len(), Duration::from_secs(30))
+        .await;
     assert_delivered(&receiver, "tls", &events, &received);
     assert_raw(&receiver, &events);
     assert!(relay.has_log("connected (TLS)"), "{}", relay.logs());
@@ -189,22 +192,24 @@ async fn rsyslog_tls_octet_counted_with_client_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syslog_ng_tls_octet_and_tcp_lf_fan_out() {
-    let Some(receiver) = Receiver::syslog_ng(PeerAuth::Required) else {
+    let Some(receiver) = Receiver::syslog_ng(PeerAuth::Required).await else {
         return;
     };
     let destinations = tls_destination("sng-tls", receiver.tls_port, "octet")
         + &tcp_destination("sng-lf", receiver.lf_port.unwrap(), "lf", false);
-    let relay = Relay::start(&relay_config(&destinations));
+    let relay = Relay::start(&relay_config(&destinations)).await;
     let events = all_corpus_events();
     post_all(&relay, &events).await;
-    let received = receiver.wait_for(2 * events.len(), Duration::from_secs(30));
+    let received = receiver
+        .wait_for(2 * events.len(), Duration::from_secs(30))
+        .await;
     assert_delivered(&receiver, "tls", &events, &received);
     assert_delivered(&receiver, "lf", &events, &received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_tcp_target_ignores_certificates_with_a_warning() {
-    let Some(receiver) = Receiver::rsyslog(PeerAuth::None) else {
+    let Some(receiver) = Receiver::rsyslog(PeerAuth::None).await else {
         return;
     };
     let relay = Relay::start(&relay_config(&tcp_destination(
@@ -212,40 +217,44 @@ async fn plain_tcp_target_ignores_certificates_with_a_warning() {
         receiver.tcp_port,
         "octet",
         true,
-    )));
+    )))
+    .await;
     assert!(
-        relay.wait_log("certificate settings are ignored", Duration::from_secs(5)),
+        relay
+            .wait_log("certificate settings are ignored", Duration::from_secs(5))
+            .await,
         "no warning: {}",
         relay.logs()
     );
-    let warning = relay
-        .logs
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains("certificate settings are ignored"))
-        .cloned()
-        .unwrap();
+    assert_eq!(
+        relay.logs.count("certificate settings are ignored"),
+        1,
+        "one warning"
+    );
+    let warning = relay.logs.find("certificate settings are ignored").unwrap();
     assert!(
         warning.contains("ca") && warning.contains("client_cert") && warning.contains("client_key"),
         "{warning}"
     );
     let events: Vec<_> = all_corpus_events().into_iter().take(30).collect();
     post_all(&relay, &events).await;
-    let received = receiver.wait_for(events.len(), Duration::from_secs(30));
+    let received = receiver
+        .wait_for(events.len(), Duration::from_secs(30))
+        .await;
     assert_delivered(&receiver, "tcp", &events, &received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_apiserver_bodies_arrive_intact() {
-    let Some(receiver) = Receiver::rsyslog(PeerAuth::Required) else {
+    let Some(receiver) = Receiver::rsyslog(PeerAuth::Required).await else {
         return;
     };
     let relay = Relay::start(&relay_config(&tls_destination(
         "rsyslog",
         receiver.tls_port,
         "octet",
-    )));
+    )))
+    .await;
     let mut all = Vec::new();
     for file in [
         "real-apiserver-v1.20.2-metadata-001.json",
@@ -264,7 +273,7 @@ async fn captured_apiserver_bodies_arrive_intact() {
         assert_eq!(response.status, 200, "{file}: {}", response.body);
         all.extend(items);
     }
-    let received = receiver.wait_for(all.len(), Duration::from_secs(30));
+    let received = receiver.wait_for(all.len(), Duration::from_secs(30)).await;
     assert_delivered(&receiver, "tls", &all, &received);
     let unauthenticated = all
         .iter()

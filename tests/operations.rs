@@ -9,9 +9,7 @@ mod support;
 use std::time::Duration;
 
 use kube_audit_relay::config::Framing;
-use support::{
-    ClientOptions, Relay, Sink, all_corpus_events, cert, eventlist, post_batch, request,
-};
+use support::{ClientOptions, Relay, Sink, all_corpus_events, cert, client, eventlist, post_batch};
 
 fn small_events(n: usize) -> Vec<support::CorpusEvent> {
     support::small_events(3000, n)
@@ -37,7 +35,8 @@ confirm_after = "20ms"
         key = cert("server.key"),
         ca = cert("ca.crt"),
         port = sink.addr.port()
-    ));
+    ))
+    .await;
     let events = small_events(10);
     let ok = ClientOptions::https(Some(("client.crt", "client.key")), false);
     assert_eq!(
@@ -54,45 +53,35 @@ confirm_after = "20ms"
             .status,
         200
     ); // 4 repeats
-    assert_eq!(
-        request(
-            relay.addr,
-            &ok,
-            "POST",
-            "/nope",
-            Some("application/json"),
-            vec![]
-        )
-        .await
-        .unwrap()
-        .status,
-        404
-    );
-    assert_eq!(
-        request(relay.addr, &ok, "POST", "/", Some("text/plain"), vec![])
-            .await
-            .unwrap()
-            .status,
-        415
-    );
+    let status = |path: &'static str, ct: &'static str| {
+        let ok = ok.clone();
+        async move {
+            client(relay.addr)
+                .options(&ok)
+                .post(path)
+                .content_type(ct)
+                .send()
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(status("/nope", "application/json").await, 404);
+    assert_eq!(status("/", "text/plain").await, 415);
     let foreign = ClientOptions::https(Some(("other-client.crt", "other-client.key")), false);
     assert!(
         post_batch(relay.addr, &foreign, eventlist(&events))
             .await
             .is_err()
     );
-    sink.wait_for(10, Duration::from_secs(5));
-
-    let mut m = std::collections::HashMap::new();
-    support::wait_until(Duration::from_secs(5), || {
-        m = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(relay.metrics())
-        });
-        m.get("kar_events_sent_total{destination=\"sink\"}") == Some(&10.0)
-            && m.contains_key(
-                "kar_tls_handshake_failures_total{side=\"server\",reason=\"unknown_issuer\"}",
-            )
-    });
+    sink.wait_for(10, Duration::from_secs(5)).await;
+    let m = relay
+        .wait_metric(
+            "kar_events_sent_total{destination=\"sink\"}",
+            10.0,
+            Duration::from_secs(5),
+        )
+        .await;
     let get = |k: &str| {
         *m.get(k)
             .unwrap_or_else(|| panic!("{k} missing from {m:#?}"))
@@ -117,75 +106,57 @@ confirm_after = "20ms"
     assert!(m.contains_key("kar_queue_bytes"));
 
     let admin = relay.admin.unwrap();
-    let plain = ClientOptions::default();
-    assert_eq!(
-        request(admin, &plain, "GET", "/healthz", None, vec![])
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        request(admin, &plain, "GET", "/readyz", None, vec![])
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        request(admin, &plain, "GET", "/other", None, vec![])
-            .await
-            .unwrap()
-            .status,
-        404
-    );
+    for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/other", 404)] {
+        assert_eq!(
+            client(admin).get(path).send().await.unwrap().status,
+            status,
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_draining() {
-    let dead = support::free_port();
-    let mut relay = Relay::start(&format!(
+    let (_closed, dead) = support::ports::closed();
+    let relay = Relay::start(&format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[shutdown]\ndrain_timeout = \"3s\"\n[[destination]]\nname = \"dead\"\nurl = \"tcp://127.0.0.1:{dead}\"\n"
-    ));
-    assert_eq!(
-        post_batch(
-            relay.addr,
-            &ClientOptions::default(),
-            eventlist(&small_events(2))
-        )
-        .await
-        .unwrap()
-        .status,
-        200
-    );
+    ))
+    .await;
+    support::post_ok(relay.addr, eventlist(&small_events(2))).await;
     let admin = relay.admin.unwrap();
-    let plain = ClientOptions::default();
-    assert_eq!(
-        request(admin, &plain, "GET", "/readyz", None, vec![])
+    let readyz = || async move { client(admin).get("/readyz").send().await.unwrap().status };
+    assert_eq!(readyz().await, 200);
+    // As SIGTERM does in main. The destination is dead, so the drain lasts drain_timeout;
+    // meanwhile readiness is off and the admin listener still answers.
+    relay.begin_shutdown();
+    assert!(
+        relay
+            .wait_log("draining destinations", Duration::from_secs(5))
             .await
-            .unwrap()
-            .status,
-        200
     );
-    support::signal(relay.pid(), "TERM");
-    // The destination is dead, so the drain lasts drain_timeout; meanwhile readiness is off.
-    assert!(relay.wait_log("draining destinations", Duration::from_secs(5)));
-    let r = request(admin, &plain, "GET", "/readyz", None, vec![])
-        .await
-        .unwrap();
-    assert_eq!(r.status, 503);
+    assert_eq!(readyz().await, 503);
     let m = relay.metrics().await;
     assert_eq!(
         m["kar_destination_backlog_records{destination=\"dead\"}"],
         2.0
     );
     assert_eq!(m["kar_destination_up{destination=\"dead\"}"], 0.0);
-    let status = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(10))).unwrap();
-    assert!(status.success());
+    // New connections are no longer accepted.
     assert!(
-        relay.has_log("stopped with undelivered records"),
+        post_batch(
+            relay.addr,
+            &ClientOptions::default(),
+            eventlist(&small_events(1))
+        )
+        .await
+        .is_err()
+    );
+    let logs = relay.logs.clone();
+    assert!(relay.shutdown(Duration::from_secs(10)).await, "drain ends");
+    assert!(
+        logs.has("stopped with undelivered records"),
         "{}",
-        relay.logs()
+        logs.all()
     );
 }
 
@@ -199,7 +170,7 @@ async fn bearer_token_is_required_when_configured() {
         "[listen]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"s\"\nurl = \"tcp://127.0.0.1:{}\"\n",
         token_file.display(),
         sink.addr.port()
-    ));
+    )).await;
     let body = eventlist(&small_events(1));
     let send = |auth: Option<&'static str>| {
         let body = body.clone();
@@ -235,13 +206,13 @@ async fn bearer_token_is_required_when_configured() {
     assert_eq!(send(Some("Bearer s3cret-toke")).await.0, 401);
     assert_eq!(send(Some("s3cret-token")).await.0, 401);
     assert_eq!(send(Some("Bearer s3cret-token")).await.0, 200);
-    assert_eq!(sink.wait_for(1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(sink.wait_for(1, Duration::from_secs(5)).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_destination_does_not_hold_back_a_live_one() {
     let live = Sink::start(Framing::Lf, None).await;
-    let dead = support::free_port();
+    let (_closed, dead) = support::ports::closed();
     let relay = Relay::start(&format!(
         r#"[listen]
 address = "127.0.0.1:0"
@@ -257,14 +228,20 @@ url = "tcp://127.0.0.1:{live}"
 framing = "lf"
 "#,
         live = live.addr.port()
-    ));
+    ))
+    .await;
     let events = small_events(30);
     for chunk in events.chunks(10) {
         support::post_ok(relay.addr, eventlist(chunk)).await;
     }
-    assert_eq!(live.wait_for(30, Duration::from_secs(5)).len(), 30);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let m = relay.metrics().await;
+    assert_eq!(live.wait_for(30, Duration::from_secs(5)).await.len(), 30);
+    // The age of the dead destination's oldest event grows while nothing drains.
+    let m = relay
+        .wait_metrics(Duration::from_secs(10), |m| {
+            m["kar_destination_oldest_undelivered_seconds{destination=\"dead\"}"] >= 1.0
+                && m["kar_destination_oldest_undelivered_seconds{destination=\"live\"}"] == 0.0
+        })
+        .await;
     assert_eq!(
         m["kar_destination_backlog_records{destination=\"dead\"}"],
         30.0
@@ -309,7 +286,8 @@ pointer = "/requestObject/data"
 resource = ["configmaps", "secrets"]
 "#,
         port = sink.addr.port()
-    ));
+    ))
+    .await;
     let events = all_corpus_events();
     for chunk in events.chunks(20) {
         support::post_ok(relay.addr, eventlist(chunk)).await;
@@ -328,8 +306,18 @@ resource = ["configmaps", "secrets"]
         })
         .collect();
     assert!(kept.len() < events.len() && !kept.is_empty());
-    let got = sink.wait_for(kept.len(), Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = sink.wait_for(kept.len(), Duration::from_secs(10)).await;
+    let metrics = relay
+        .wait_metric(
+            "kar_destination_backlog_records{destination=\"sink\"}",
+            0.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        metrics["kar_events_sent_total{destination=\"sink\"}"],
+        kept.len() as f64
+    );
     assert_eq!(sink.count(), kept.len(), "exactly the kept events");
     let mut redacted = 0;
     for (raw, e) in got.iter().zip(&kept) {
@@ -365,7 +353,6 @@ resource = ["configmaps", "secrets"]
         }
     }
     assert!(redacted > 0, "the corpus has configmaps with data");
-    let metrics = relay.metrics().await;
     assert_eq!(
         metrics["kar_events_filtered_total"],
         (events.len() - kept.len()) as f64
@@ -390,7 +377,8 @@ name = "udp"
 url = "udp://127.0.0.1:{port}"
 max_datagram_bytes = 4096
 "#
-    ));
+    ))
+    .await;
     let events: Vec<_> = support::small_events(3500, 10);
     let big: Vec<_> = all_corpus_events()
         .into_iter()
@@ -427,10 +415,10 @@ async fn rfc3164_format_for_old_receivers() {
     let relay = Relay::start(&format!(
         "cluster_name = \"c1\"\n[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"old\"\nurl = \"tcp://127.0.0.1:{}\"\nframing = \"lf\"\nformat = \"rfc3164\"\n",
         sink.addr.port()
-    ));
+    )).await;
     let events: Vec<_> = support::small_events(3000, 3);
     support::post_ok(relay.addr, eventlist(&events)).await;
-    let got = sink.wait_for(3, Duration::from_secs(5));
+    let got = sink.wait_for(3, Duration::from_secs(5)).await;
     for (raw, e) in got.iter().zip(&events) {
         let text = std::str::from_utf8(raw).unwrap();
         let parsed = syslog_loose::parse_message(text, syslog_loose::Variant::RFC3164);
@@ -468,15 +456,13 @@ async fn https_ndjson_receiver(
     let addr = listener.local_addr().unwrap();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = std::sync::Arc::new(AtomicUsize::new(0));
-    let listen = kube_audit_relay::config::ListenConfig {
-        tls_cert: Some(cert("server.crt").into()),
-        tls_key: Some(cert("server.key").into()),
-        ..Default::default()
+    let files = kube_audit_relay::tls::ServerTlsFiles {
+        cert: cert("server.crt").into(),
+        key: cert("server.key").into(),
+        client_ca: None,
+        client_auth: kube_audit_relay::config::ClientAuth::None,
     };
-    let mut config = (*kube_audit_relay::tls::server_config(&listen)
-        .unwrap()
-        .unwrap())
-    .clone();
+    let mut config = (*kube_audit_relay::tls::server_config(&files).unwrap()).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let kept = lines.clone();
@@ -545,12 +531,14 @@ backoff_max = "100ms"
 "#,
         port = addr.port(),
         ca = cert("ca.crt")
-    ));
+    ))
+    .await;
     let events: Vec<_> = support::small_events(3000, 12);
     support::post_ok(relay.addr, eventlist(&events)).await;
     assert!(
         support::wait_until(Duration::from_secs(10), || lines.lock().unwrap().len()
-            >= events.len()),
+            >= events.len())
+        .await,
         "{}",
         relay.logs()
     );
@@ -569,18 +557,9 @@ backoff_max = "100ms"
         relay.logs()
     );
     // The relay counts a batch as sent when the 2xx reaches it, just after the receiver kept it.
-    let mut sent = 0.0;
-    for _ in 0..50 {
-        sent = relay
-            .metrics()
-            .await
-            .get("kar_events_sent_total{destination=\"logstash\"}")
-            .copied()
-            .unwrap_or(0.0);
-        if sent == events.len() as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(sent, events.len() as f64);
+    let key = "kar_events_sent_total{destination=\"logstash\"}";
+    let m = relay
+        .wait_metric(key, events.len() as f64, Duration::from_secs(5))
+        .await;
+    assert_eq!(m[key], events.len() as f64);
 }

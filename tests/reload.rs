@@ -30,12 +30,8 @@ async fn rotating_server_certificate_and_client_ca_under_load() {
     for f in ["server.crt", "server.key", "ca.crt"] {
         std::fs::copy(cert(f), live.join(f)).unwrap();
     }
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kube-audit-relay"))
-        .arg("gen-certs")
-        .arg(&new)
-        .status()
+    kube_audit_relay::certs::generate(&new, kube_audit_relay::certs::GenOptions::default())
         .unwrap();
-    assert!(status.success());
     let ca1 = std::fs::read(cert("ca.crt")).unwrap();
     let ca2 = std::fs::read(new.join("ca.crt")).unwrap();
     let both = dir.path().join("both-cas.crt");
@@ -57,7 +53,8 @@ url = "tcp://127.0.0.1:{port}"
 "#,
         live = live.display(),
         port = sink.addr.port()
-    ));
+    ))
+    .await;
 
     // Load during the whole rotation: a new connection per request, trusting both CAs,
     // presenting the original client certificate (its CA stays in the bundle).
@@ -90,12 +87,20 @@ url = "tcp://127.0.0.1:{port}"
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load_ran = |n: u64| {
+        let ok = ok.clone();
+        async move {
+            support::wait_until(Duration::from_secs(10), || ok.load(Ordering::SeqCst) >= n).await
+        }
+    };
+    assert!(load_ran(10).await, "the load runs before the rotation");
 
     // 1. Trust the new CA as well.
     replace(&live.join("ca.crt"), &[ca1.clone(), ca2.clone()].concat());
     assert!(
-        relay.wait_log("listener certificates reloaded", Duration::from_secs(5)),
+        relay
+            .wait_log("listener certificates reloaded", Duration::from_secs(5))
+            .await,
         "{}",
         relay.logs()
     );
@@ -124,16 +129,12 @@ url = "tcp://127.0.0.1:{port}"
     );
     let mut only_new_ca = ClientOptions::https(Some(("client.crt", "client.key")), false);
     only_new_ca.ca = Some(new.join("ca.crt").display().to_string());
-    let served = support::wait_until(Duration::from_secs(5), || {
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(post_batch(
-                relay.addr,
-                &only_new_ca,
-                eventlist(&events[..1]),
-            ))
-        })
-        .is_ok_and(|r| r.status == 200)
-    });
+    let served = support::wait_until_async(Duration::from_secs(5), || async {
+        post_batch(relay.addr, &only_new_ca, eventlist(&events[..1]))
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
     assert!(served, "the new certificate is served: {}", relay.logs());
     let only_old_ca = ClientOptions::https(Some(("client.crt", "client.key")), false);
     let err = post_batch(relay.addr, &only_old_ca, eventlist(&events[..1]))
@@ -151,10 +152,12 @@ url = "tcp://127.0.0.1:{port}"
         b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
     assert!(
-        relay.wait_log(
-            "do not load; keeping the previous ones",
-            Duration::from_secs(5)
-        ),
+        relay
+            .wait_log(
+                "do not load; keeping the previous ones",
+                Duration::from_secs(5)
+            )
+            .await,
         "{}",
         relay.logs()
     );
@@ -163,7 +166,11 @@ url = "tcp://127.0.0.1:{port}"
         .unwrap();
     assert_eq!(r.status, 200);
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let so_far = ok.load(Ordering::SeqCst);
+    assert!(
+        load_ran(so_far + 10).await,
+        "the load goes on after the rotation"
+    );
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
     assert!(
@@ -210,15 +217,20 @@ backoff_max = "200ms"
         ca = cert("ca.crt"),
         crt = crt.display(),
         key = key.display()
-    ));
+    ))
+    .await;
     let events: Vec<_> = support::small_events(3000, 3);
     support::post_ok(relay.addr, eventlist(&events)).await;
-    assert!(relay.wait_log("destination unavailable", Duration::from_secs(5)));
+    assert!(
+        relay
+            .wait_log("destination unavailable", Duration::from_secs(5))
+            .await
+    );
     assert_eq!(sink.count(), 0);
     replace(&key, &std::fs::read(cert("client.key")).unwrap());
     replace(&crt, &std::fs::read(cert("client.crt")).unwrap());
     assert_eq!(
-        sink.wait_for(3, Duration::from_secs(10)).len(),
+        sink.wait_for(3, Duration::from_secs(10)).await.len(),
         3,
         "{}",
         relay.logs()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kube_audit_relay::config::Framing;
 use support::{ClientOptions, Relay, Sink, all_corpus_events, cert, eventlist, post_batch};
 
-fn mtls_relay(client_auth: &str, sink_port: u16) -> Relay {
+async fn mtls_relay(client_auth: &str, sink_port: u16) -> Relay {
     Relay::start(&format!(
         r#"[listen]
 address = "127.0.0.1:0"
@@ -29,6 +29,7 @@ url = "tcp://127.0.0.1:{sink_port}"
         key = cert("server.key"),
         ca = cert("ca.crt"),
     ))
+    .await
 }
 
 fn small_batch() -> Vec<u8> {
@@ -48,13 +49,7 @@ fn batch_at(n: usize) -> Vec<u8> {
 }
 
 async fn refused(relay: &Relay, options: ClientOptions, expect_log: &str) {
-    let before = relay
-        .logs
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("TLS handshake refused"))
-        .count();
+    let before = relay.logs.count("TLS handshake refused");
     let result = post_batch(relay.addr, &options, small_batch()).await;
     assert!(
         result.is_err(),
@@ -62,13 +57,15 @@ async fn refused(relay: &Relay, options: ClientOptions, expect_log: &str) {
         result.map(|r| r.status)
     );
     let logged = support::wait_until(Duration::from_secs(5), || {
-        let logs = relay.logs.lock().unwrap();
-        let refusals: Vec<&String> = logs
-            .iter()
+        let refusals: Vec<String> = relay
+            .logs
+            .lines()
+            .into_iter()
             .filter(|l| l.contains("TLS handshake refused"))
             .collect();
         refusals.len() > before && refusals[before..].iter().any(|l| l.contains(expect_log))
-    });
+    })
+    .await;
     assert!(
         logged,
         "expected a refusal log mentioning {expect_log:?}:\n{}",
@@ -79,7 +76,7 @@ async fn refused(relay: &Relay, options: ClientOptions, expect_log: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_requires_a_trusted_client_certificate() {
     let sink = Sink::start(Framing::Octet, None).await;
-    let relay = mtls_relay("required", sink.addr.port());
+    let relay = mtls_relay("required", sink.addr.port()).await;
     for (n, http2) in [false, true].into_iter().enumerate() {
         let ok = post_batch(
             relay.addr,
@@ -121,20 +118,44 @@ async fn listener_requires_a_trusted_client_certificate() {
         "plain HTTP must not be served"
     );
     assert!(
-        relay.wait_log("plain HTTP sent to the HTTPS port", Duration::from_secs(5)),
+        relay
+            .wait_log("plain HTTP sent to the HTTPS port", Duration::from_secs(5))
+            .await,
         "{}",
         relay.logs()
     );
-    // Only the two accepted batches were relayed.
-    assert_eq!(sink.wait_for(6, Duration::from_secs(5)).len(), 6);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Only the two accepted batches were relayed: the relay confirmed six events, the sink
+    // has six.
+    relay
+        .wait_metric(
+            "kar_events_sent_total{destination=\"sink\"}",
+            6.0,
+            Duration::from_secs(5),
+        )
+        .await;
     assert_eq!(sink.count(), 6);
+    let m = relay.metrics().await;
+    for reason in [
+        "no_client_certificate",
+        "unknown_issuer",
+        "expired",
+        "not_yet_valid",
+        "not_tls",
+    ] {
+        assert_eq!(
+            m.get(&format!(
+                "kar_tls_handshake_failures_total{{side=\"server\",reason=\"{reason}\"}}"
+            )),
+            Some(&1.0),
+            "{reason}: {m:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_client_auth_accepts_no_certificate_but_not_a_foreign_one() {
     let sink = Sink::start(Framing::Octet, None).await;
-    let relay = mtls_relay("optional", sink.addr.port());
+    let relay = mtls_relay("optional", sink.addr.port()).await;
     let r = post_batch(
         relay.addr,
         &ClientOptions::https(None, false),
@@ -154,7 +175,7 @@ async fn optional_client_auth_accepts_no_certificate_but_not_a_foreign_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_does_not_trust_the_relay_fails() {
     let sink = Sink::start(Framing::Octet, None).await;
-    let relay = mtls_relay("required", sink.addr.port());
+    let relay = mtls_relay("required", sink.addr.port()).await;
     let mut options = ClientOptions::https(Some(("client.crt", "client.key")), false);
     options.ca = Some(cert("other-ca.crt"));
     let err = post_batch(relay.addr, &options, small_batch())
@@ -164,7 +185,7 @@ async fn client_that_does_not_trust_the_relay_fails() {
 }
 
 /// A relay whose only destination is a TLS sink presenting `server_cert`.
-fn relay_to_tls_sink(sink_port: u16, extra: &str) -> Relay {
+async fn relay_to_tls_sink(sink_port: u16, extra: &str) -> Relay {
     Relay::start(&format!(
         r#"[listen]
 address = "127.0.0.1:0"
@@ -180,9 +201,10 @@ backoff_max = "200ms"
 "#,
         ca = cert("ca.crt"),
     ))
+    .await
 }
 
-async fn outbound_refused(server_cert: &str, extra: &str, expect: &str) {
+async fn outbound_refused(server_cert: &str, extra: &str, expect: &str, reason: &str) {
     let sink = Sink::start(
         Framing::Octet,
         Some((
@@ -192,7 +214,7 @@ async fn outbound_refused(server_cert: &str, extra: &str, expect: &str) {
         )),
     )
     .await;
-    let relay = relay_to_tls_sink(sink.addr.port(), extra);
+    let relay = relay_to_tls_sink(sink.addr.port(), extra).await;
     let r = post_batch(relay.addr, &ClientOptions::default(), small_batch())
         .await
         .unwrap();
@@ -201,36 +223,40 @@ async fn outbound_refused(server_cert: &str, extra: &str, expect: &str) {
         "the queue takes the batch while the destination is down"
     );
     assert!(
-        relay.wait_log(expect, Duration::from_secs(5)),
+        relay.wait_log(expect, Duration::from_secs(5)).await,
         "expected {expect:?} in:\n{}",
         relay.logs()
     );
-    assert!(relay.wait_log(
-        "destination unavailable; will reconnect",
-        Duration::from_secs(5)
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        sink.count(),
-        0,
-        "nothing may be sent to an unverified receiver"
+    assert!(
+        relay
+            .wait_log(
+                "destination unavailable; will reconnect",
+                Duration::from_secs(5)
+            )
+            .await
     );
     // Still serving, and retrying.
     let r = post_batch(relay.addr, &ClientOptions::default(), batch_at(1))
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    let key = format!("kar_tls_handshake_failures_total{{side=\"client\",reason=\"{reason}\"}}");
+    let m = relay
+        .wait_metrics(Duration::from_secs(5), |m| {
+            m.get(&key).is_some_and(|n| *n >= 2.0)
+        })
+        .await;
+    assert!(m[&key] >= 2.0, "refusals are counted by reason: {m:?}");
     assert!(
         sink.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "the relay keeps reconnecting"
     );
-    let m = relay.metrics().await;
-    let refused: f64 = m
-        .iter()
-        .filter(|(k, _)| k.starts_with("kar_tls_handshake_failures_total{side=\"client\""))
-        .map(|(_, v)| v)
-        .sum();
-    assert!(refused >= 2.0, "refusals are counted: {m:?}");
+    // The sink completed no handshake, so it cannot have received anything.
+    assert_eq!(
+        sink.count(),
+        0,
+        "nothing may be sent to an unverified receiver"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,23 +265,30 @@ async fn outbound_receiver_from_another_ca_is_refused() {
         "other-server",
         "server_name = \"localhost\"",
         "UnknownIssuer",
+        "unknown_issuer",
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_receiver_with_the_wrong_name_is_refused() {
-    outbound_refused("wrongname-server", "", "not valid for name").await;
+    outbound_refused(
+        "wrongname-server",
+        "",
+        "not valid for name",
+        "name_mismatch",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_expired_receiver_certificate_is_refused() {
-    outbound_refused("expired-server", "", "certificate expired").await;
+    outbound_refused("expired-server", "", "certificate expired", "expired").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_not_yet_valid_receiver_certificate_is_refused() {
-    outbound_refused("future-server", "", "not valid yet").await;
+    outbound_refused("future-server", "", "not valid yet", "not_yet_valid").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,25 +307,36 @@ async fn receiver_rejecting_the_client_certificate_loses_nothing() {
         cert("other-client.crt"),
         cert("other-client.key")
     );
-    let relay = relay_to_tls_sink(port, &bad);
+    let relay = relay_to_tls_sink(port, &bad).await;
     let batch = small_batch();
     support::post_ok(relay.addr, batch.clone()).await;
     assert!(
-        relay.wait_log("destination unavailable", Duration::from_secs(5)),
+        relay
+            .wait_log("destination unavailable", Duration::from_secs(5))
+            .await,
         "{}",
         relay.logs()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.count(), 0);
     assert!(
-        sink.errors
+        support::wait_until(Duration::from_secs(5), || sink
+            .errors
             .lock()
             .unwrap()
             .iter()
-            .any(|e| e.contains("handshake")),
+            .any(|e| e.contains("handshake")))
+        .await,
         "{:?}",
         sink.errors.lock().unwrap()
     );
+    // The relay saw the receiver's alert and kept the records: nothing confirmed, nothing
+    // received.
+    let m = relay.metrics().await;
+    assert_eq!(m["kar_events_sent_total{destination=\"siem\"}"], 0.0);
+    assert_eq!(
+        m["kar_destination_backlog_records{destination=\"siem\"}"],
+        3.0
+    );
+    assert_eq!(sink.count(), 0);
     drop(relay);
 
     // The same queue contents with the right certificate arrive (memory queue: re-post).
@@ -301,9 +345,9 @@ async fn receiver_rejecting_the_client_certificate_loses_nothing() {
         cert("client.crt"),
         cert("client.key")
     );
-    let relay = relay_to_tls_sink(port, &good);
+    let relay = relay_to_tls_sink(port, &good).await;
     support::post_ok(relay.addr, batch).await;
-    assert_eq!(sink.wait_for(3, Duration::from_secs(5)).len(), 3);
+    assert_eq!(sink.wait_for(3, Duration::from_secs(5)).await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,10 +367,11 @@ async fn outbound_certificate_pin() {
     let relay = relay_to_tls_sink(
         sink.addr.port(),
         &format!("server_name = \"localhost\"\npin_sha256 = \"{right}\""),
-    );
+    )
+    .await;
     support::post_ok(relay.addr, batch_at(0)).await;
     assert_eq!(
-        sink.wait_for(3, Duration::from_secs(5)).len(),
+        sink.wait_for(3, Duration::from_secs(5)).await.len(),
         3,
         "the pinned certificate is accepted"
     );
@@ -336,13 +381,20 @@ async fn outbound_certificate_pin() {
     let relay = relay_to_tls_sink(
         sink.addr.port(),
         &format!("server_name = \"localhost\"\npin_sha256 = \"{wrong}\""),
-    );
+    )
+    .await;
     support::post_ok(relay.addr, batch_at(1)).await;
     assert!(
-        relay.wait_log("does not match pin_sha256", Duration::from_secs(5)),
+        relay
+            .wait_log("does not match pin_sha256", Duration::from_secs(5))
+            .await,
         "{}",
         relay.logs()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = "kar_tls_handshake_failures_total{side=\"client\",reason=\"pin_mismatch\"}";
+    let m = relay
+        .wait_metrics(Duration::from_secs(5), |m| m.contains_key(key))
+        .await;
+    assert!(m[key] >= 1.0, "{m:?}");
     assert_eq!(sink.count(), 0, "nothing is sent to an unpinned receiver");
 }

@@ -21,8 +21,9 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use kube_audit_relay::config::{ByteSize, DestinationConfig, Framing, ListenConfig};
+use kube_audit_relay::config::{ByteSize, ClientAuth, Framing};
 use kube_audit_relay::syslog::{next_frame, parse_strict};
+use kube_audit_relay::tls::{ClientTlsFiles, ServerTlsFiles};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -289,13 +290,13 @@ async fn load(o: LoadOptions) -> anyhow::Result<()> {
         .next()
         .context("cannot resolve --url host")?;
     let tls = if https {
-        let dest = DestinationConfig {
+        let files = ClientTlsFiles {
+            label: "load".into(),
             ca: o.ca.clone(),
-            client_cert: o.cert.clone(),
-            client_key: o.key.clone(),
-            ..DestinationConfig::stdout()
+            identity: o.cert.clone().zip(o.key.clone()),
+            pin: None,
         };
-        let mut config = (*kube_audit_relay::tls::client_config(&dest)?).clone();
+        let mut config = (*kube_audit_relay::tls::client_config(&files)?).clone();
         config.alpn_protocols = if o.http2 {
             vec![b"h2".to_vec()]
         } else {
@@ -475,14 +476,13 @@ async fn sink(
 ) -> anyhow::Result<()> {
     let acceptor = match (cert, key) {
         (Some(cert), Some(key)) => {
-            let listen_config = ListenConfig {
-                tls_cert: Some(cert),
-                tls_key: Some(key),
-                ..ListenConfig::default()
+            let files = ServerTlsFiles {
+                cert,
+                key,
+                client_ca: None,
+                client_auth: ClientAuth::None,
             };
-            let mut config = (*kube_audit_relay::tls::server_config(&listen_config)?
-                .context("TLS config")?)
-            .clone();
+            let mut config = (*kube_audit_relay::tls::server_config(&files)?).clone();
             config.alpn_protocols.clear();
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
         }

@@ -65,7 +65,10 @@ pub struct QueueStats {
 
 /// The queue, cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Queue(pub(crate) Arc<Backend>, Arc<AppendTimes>);
+pub struct Queue {
+    backend: Arc<Backend>,
+    times: Arc<AppendTimes>,
+}
 
 /// When records were appended, coarsely: `(end_seq, time)` after each append, so that the age
 /// of a destination's oldest undelivered record can be reported without storing a time in
@@ -80,7 +83,7 @@ struct AppendTimes {
 const MAX_APPEND_MARKS: usize = 100_000;
 
 #[derive(Debug)]
-pub(crate) enum Backend {
+enum Backend {
     Memory(MemoryQueue),
     Disk(DiskQueue),
 }
@@ -104,7 +107,10 @@ impl Queue {
             started: SystemTime::now(),
             marks: Mutex::new(VecDeque::new()),
         };
-        Ok(Self(Arc::new(backend), Arc::new(times)))
+        Ok(Self {
+            backend: Arc::new(backend),
+            times: Arc::new(times),
+        })
     }
 
     /// Stores `records` as one unit: either all are stored (and, for the disk queue,
@@ -116,13 +122,13 @@ impl Queue {
         if records.is_empty() {
             return Ok(());
         }
-        match &*self.0 {
+        match &*self.backend {
             Backend::Memory(q) => q.append(records)?,
             Backend::Disk(q) => q.append(records).await?,
         }
         let end = self.stats().end_seq;
         let lowest = self.committed_seqs().into_iter().min().unwrap_or(end);
-        if let Ok(mut marks) = self.1.marks.lock() {
+        if let Ok(mut marks) = self.times.marks.lock() {
             marks.push_back((end, SystemTime::now()));
             while marks.front().is_some_and(|&(seq, _)| seq <= lowest)
                 || marks.len() > MAX_APPEND_MARKS
@@ -146,7 +152,12 @@ impl Queue {
     pub fn oldest_undelivered(&self) -> Vec<Duration> {
         let end = self.stats().end_seq;
         let now = SystemTime::now();
-        let marks = self.1.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        let marks = self
+            .times
+            .marks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         self.committed_seqs()
             .into_iter()
             .map(|committed| {
@@ -156,7 +167,7 @@ impl Queue {
                 let appended = marks
                     .iter()
                     .find(|&&(seq, _)| seq > committed)
-                    .map_or(self.1.started, |&(_, t)| t);
+                    .map_or(self.times.started, |&(_, t)| t);
                 now.duration_since(appended).unwrap_or_default()
             })
             .collect()
@@ -164,7 +175,7 @@ impl Queue {
 
     /// The reader of destination `index`, starting at its committed position.
     pub fn reader(&self, index: usize) -> Reader {
-        let inner = match &*self.0 {
+        let inner = match &*self.backend {
             Backend::Memory(q) => ReaderInner::Memory(q.reader(index)),
             Backend::Disk(q) => ReaderInner::Disk(q.reader(index)),
         };
@@ -173,7 +184,7 @@ impl Queue {
 
     /// Current sizes.
     pub fn stats(&self) -> QueueStats {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Memory(q) => q.stats(),
             Backend::Disk(q) => q.stats(),
         }
@@ -181,7 +192,7 @@ impl Queue {
 
     /// Records stored and not yet committed, per destination (in reader order).
     pub fn backlogs(&self) -> Vec<u64> {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Memory(q) => q.backlogs(),
             Backend::Disk(q) => q.backlogs(),
         }
@@ -189,7 +200,7 @@ impl Queue {
 
     /// Events deleted undelivered by `when_full = "drop_oldest"` since start.
     pub fn dropped_oldest(&self) -> u64 {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Memory(q) => q.dropped_oldest(),
             Backend::Disk(q) => q.dropped_oldest(),
         }
@@ -197,7 +208,7 @@ impl Queue {
 
     /// Refuses further appends and persists the cursors.
     pub async fn close(&self) {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Memory(q) => q.close(),
             Backend::Disk(q) => q.close().await,
         }
@@ -263,6 +274,83 @@ impl Reader {
         match &self.inner {
             ReaderInner::Memory(r) => r.backlog(),
             ReaderInner::Disk(r) => r.backlog(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::ByteSize;
+
+    pub(crate) fn config(dir: &Path, max_bytes: u64, segment_bytes: u64) -> QueueConfig {
+        QueueConfig {
+            kind: QueueKind::Disk,
+            data_dir: dir.to_owned(),
+            max_bytes: ByteSize(max_bytes),
+            segment_bytes: ByteSize(segment_bytes),
+            when_full: crate::config::WhenFull::Reject,
+        }
+    }
+
+    pub(crate) fn records(prefix: &str, n: usize) -> Vec<Bytes> {
+        (0..n)
+            .map(|i| Bytes::from(format!("{prefix}-{i:04}-{}", "x".repeat(100))))
+            .collect()
+    }
+
+    /// Reads everything stored now.
+    pub(crate) async fn drain(reader: &mut Reader) -> (Vec<String>, Option<Position>) {
+        let mut out = Vec::new();
+        let mut last = None;
+        while !reader.caught_up() {
+            let mut batch = Vec::new();
+            last = Some(reader.next_batch(1000, &mut batch).await.unwrap());
+            out.extend(
+                batch
+                    .iter()
+                    .map(|b| String::from_utf8_lossy(b).into_owned()),
+            );
+        }
+        (out, last)
+    }
+
+    pub(crate) fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+        range
+            .map(|i| format!("{prefix}-{i:04}-{}", "x".repeat(100)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_makes_room_counts_and_moves_cursors() {
+        for kind in [QueueKind::Disk, QueueKind::Memory] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = config(dir.path(), 32 << 10, 4096);
+            cfg.kind = kind;
+            cfg.when_full = crate::config::WhenFull::DropOldest;
+            let q = Queue::open(&cfg, &["a".to_owned()]).await.unwrap();
+            // 50 batches of 10 records (~1.2 KB each batch) into a 32 KiB queue nobody reads.
+            for i in 0..50 {
+                q.append(records(&format!("o{i:02}"), 10))
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?} batch {i}: {e}"));
+            }
+            let dropped = q.dropped_oldest();
+            assert!(dropped > 0, "{kind:?}: something was dropped");
+            let (got, _) = drain(&mut q.reader(0)).await;
+            assert_eq!(
+                got.len() as u64 + dropped,
+                500,
+                "{kind:?}: every record is either kept or counted as dropped"
+            );
+            assert_eq!(
+                got.last().unwrap(),
+                &names("o49", 9..10)[0],
+                "{kind:?}: the newest survive"
+            );
+            assert!(q.stats().bytes <= 32 << 10);
         }
     }
 }

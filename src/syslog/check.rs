@@ -1,7 +1,8 @@
 //! A strict RFC 5424 parser: every header field checked against the ABNF (lengths,
 //! PRINTUSASCII, PRI range, TIMESTAMP form, SD escaping). Looser parsers (syslog_loose,
 //! the receivers) accept what this rejects; tests, fuzzing and the benchmark sink use it to
-//! prove that every record the relay writes is valid.
+//! prove that every record the relay writes is valid. The relay itself reads its own records
+//! with the light scan of [`crate::syslog::convert::fields`].
 
 use crate::syslog::timestamp;
 

@@ -1,35 +1,119 @@
 //! Per-destination changes to an already rendered RFC 5424 record: the RFC 3164 (BSD) format
-//! for old receivers, and shortening to a datagram size limit with the apiserver's truncation
-//! rule.
+//! for old receivers, and shortening to a size limit with the apiserver's truncation rule.
+//!
+//! The records are the relay's own, so their header is read with a light scan ([`fields`])
+//! instead of the strict checker.
 
 use crate::audit::truncate_event;
-use crate::syslog::check::parse_strict;
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
+/// The header fields of a record the relay rendered, and where MSG starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields<'a> {
+    /// PRI digits.
+    pub pri: &'a [u8],
+    /// TIMESTAMP.
+    pub timestamp: &'a [u8],
+    /// HOSTNAME.
+    pub hostname: &'a [u8],
+    /// APP-NAME.
+    pub app_name: &'a [u8],
+    /// Offset of MSG in the record (the record's length when it has none).
+    pub msg_start: usize,
+}
+
+/// Splits `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD [MSG]`; `None` when `record`
+/// does not have that shape.
+pub fn fields(record: &[u8]) -> Option<Fields<'_>> {
+    let close = record.iter().take(5).position(|&b| b == b'>')?;
+    let pri = record.get(1..close)?;
+    let mut at = close + 1;
+    let next = |at: &mut usize| -> Option<&[u8]> {
+        let rest = record.get(*at..)?;
+        let len = rest.iter().position(|&b| b == b' ')?;
+        let field = &rest[..len];
+        *at += len + 1;
+        Some(field)
+    };
+    let _version = next(&mut at)?;
+    let timestamp = next(&mut at)?;
+    let hostname = next(&mut at)?;
+    let app_name = next(&mut at)?;
+    let _procid = next(&mut at)?;
+    let _msgid = next(&mut at)?;
+    let sd_end = at + structured_data_len(record.get(at..)?)?;
+    let msg_start = match record.get(sd_end) {
+        None => record.len(),
+        Some(b' ') => sd_end + 1,
+        Some(_) => return None,
+    };
+    Some(Fields {
+        pri,
+        timestamp,
+        hostname,
+        app_name,
+        msg_start,
+    })
+}
+
+/// Where MSG starts in a record the relay rendered.
+pub fn msg_start(record: &[u8]) -> Option<usize> {
+    fields(record).map(|f| f.msg_start)
+}
+
+/// Length of the STRUCTURED-DATA at the start of `sd`: `-` or `[..]` elements, with `\`
+/// escapes inside quoted values.
+fn structured_data_len(sd: &[u8]) -> Option<usize> {
+    if sd.first() == Some(&b'-') {
+        return Some(1);
+    }
+    let mut i = 0;
+    while sd.get(i) == Some(&b'[') {
+        let mut quoted = false;
+        i += 1;
+        loop {
+            match *sd.get(i)? {
+                b'\\' if quoted => i += 1,
+                b'"' => quoted = !quoted,
+                b']' if !quoted => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    (i > 0).then_some(i)
+}
+
 /// `<PRI>Mmm dd hh:mm:ss HOSTNAME TAG: MSG` from an RFC 5424 record (RFC 3164 §4.1). The
 /// timestamp keeps the record's UTC time without year and fraction, as RFC 3164 has no room
 /// for them; TAG is the APP-NAME cut to 32 characters. `None` if `record` is not RFC 5424.
 pub fn to_rfc3164(record: &[u8]) -> Option<Vec<u8>> {
-    let m = parse_strict(record).ok()?;
-    let ts = m.timestamp.as_bytes();
-    let stamp = if ts.len() >= 19 {
-        let month: usize = std::str::from_utf8(&ts[5..7]).ok()?.parse().ok()?;
-        let day: u32 = std::str::from_utf8(&ts[8..10]).ok()?.parse().ok()?;
-        format!(
-            "{} {day:>2} {}",
-            MONTHS.get(month.checked_sub(1)?)?,
-            std::str::from_utf8(&ts[11..19]).ok()?
-        )
-    } else {
-        "Jan  1 00:00:00".to_owned()
+    let f = fields(record)?;
+    let ts = f.timestamp;
+    let digits = |r: std::ops::Range<usize>| -> Option<usize> {
+        std::str::from_utf8(ts.get(r)?).ok()?.parse().ok()
     };
-    let tag: String = m.app_name.chars().take(32).collect();
     let mut out = Vec::with_capacity(record.len());
-    out.extend_from_slice(format!("<{}>{stamp} {} {tag}: ", m.pri, m.hostname).as_bytes());
-    out.extend_from_slice(m.msg);
+    out.push(b'<');
+    out.extend_from_slice(f.pri);
+    out.push(b'>');
+    match (digits(5..7), digits(8..10), ts.get(11..19)) {
+        (Some(month), Some(day), Some(time)) if (1..=12).contains(&month) => {
+            out.extend_from_slice(format!("{} {day:>2} ", MONTHS[month - 1]).as_bytes());
+            out.extend_from_slice(time);
+        }
+        _ => out.extend_from_slice(b"Jan  1 00:00:00"),
+    }
+    out.push(b' ');
+    out.extend_from_slice(f.hostname);
+    out.push(b' ');
+    out.extend_from_slice(&f.app_name[..f.app_name.len().min(32)]);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(&record[f.msg_start..]);
     Some(out)
 }
 
@@ -39,11 +123,10 @@ pub fn fit(record: &[u8], max: usize) -> Option<Vec<u8>> {
     if record.len() <= max {
         return Some(record.to_vec());
     }
-    let m = parse_strict(record).ok()?;
-    let header_len = record.len() - m.msg.len();
-    let short = truncate_event(std::str::from_utf8(m.msg).ok()?)?;
-    let mut out = Vec::with_capacity(header_len + short.len());
-    out.extend_from_slice(&record[..header_len]);
+    let at = msg_start(record)?;
+    let short = truncate_event(std::str::from_utf8(&record[at..]).ok()?)?;
+    let mut out = Vec::with_capacity(at + short.len());
+    out.extend_from_slice(&record[..at]);
     out.extend_from_slice(short.as_bytes());
     (out.len() <= max).then_some(out)
 }
@@ -59,6 +142,15 @@ mod tests {
             String::from_utf8(to_rfc3164(r).unwrap()).unwrap(),
             "<109>Jun  2 09:31:06 node-1 kube-apiserver: {\"a\":1}"
         );
+    }
+
+    #[test]
+    fn fields_skip_structured_data() {
+        let r = b"<1>1 - h a - m [x@1 k=\"a ] \\\" b\"][y@2 z=\"\"] {\"m\":1}";
+        let f = fields(r).unwrap();
+        assert_eq!(&r[f.msg_start..], b"{\"m\":1}");
+        assert_eq!(msg_start(b"<1>1 - h a - m -"), Some(16));
+        assert_eq!(fields(b"<1>1 - h a - m [x"), None);
     }
 
     #[test]

@@ -51,11 +51,11 @@ impl Renderer {
     /// Builds a renderer; `hostname` is sanitised here.
     pub fn new(config: &SyslogConfig, hostname: &str) -> Self {
         Self {
-            facility: config.facility,
+            facility: config.facility.get(),
             host_app: format!(
                 " {} {} - ",
                 sanitize(hostname, HOSTNAME_MAX),
-                sanitize(&config.app_name, APP_NAME_MAX)
+                sanitize(config.app_name.as_str(), APP_NAME_MAX)
             ),
             enterprise_id: config.enterprise_id,
             bom: config.bom,

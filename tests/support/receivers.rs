@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{cert, free_port, missing_receiver, signal, wait_until};
+use super::{cert, missing_receiver, ports, signal, wait_until};
 
 /// A message as a receiver parsed it.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -47,6 +47,9 @@ pub struct Receiver {
 /// Starts the receiver process in its directory.
 type StartFn = dyn Fn(&Path) -> std::io::Result<Child> + Send;
 
+/// Writes the receiver's configuration for a set of ports.
+type ConfigureFn = dyn Fn(&Path, &[u16]) + Send;
+
 /// A receiver configuration from `deploy/receivers/` (the files the documentation points to),
 /// with its `@PLACEHOLDERS@` filled in.
 fn template(name: &str, values: &[(&str, String)]) -> String {
@@ -64,13 +67,9 @@ fn template(name: &str, values: &[(&str, String)]) -> String {
     text
 }
 
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
 impl Receiver {
     /// A private rsyslog, or `None` (after the skip/fail rule) when rsyslogd is missing.
-    pub fn rsyslog(auth: PeerAuth) -> Option<Receiver> {
+    pub async fn rsyslog(auth: PeerAuth) -> Option<Receiver> {
         let bin = std::env::var("KAR_RSYSLOGD").unwrap_or_else(|_| "/usr/sbin/rsyslogd".into());
         let has_tls = std::fs::read_dir("/usr/lib")
             .ok()
@@ -83,27 +82,28 @@ impl Receiver {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let (tls_port, tcp_port) = (free_port(), free_port());
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
         let d = dir.path().display().to_string();
         let authmode = if auth == PeerAuth::Required {
             "x509/certvalid"
         } else {
             "anon"
         };
-        let conf = template(
-            "rsyslog.conf",
-            &[
-                ("@DIR@", d.clone()),
-                ("@CA@", cert("ca.crt")),
-                ("@CERT@", cert("server.crt")),
-                ("@KEY@", cert("server.key")),
-                ("@TLS_PORT@", tls_port.to_string()),
-                ("@TCP_PORT@", tcp_port.to_string()),
-                ("@AUTHMODE@", authmode.to_owned()),
-            ],
-        );
-        std::fs::create_dir_all(dir.path().join("work")).unwrap();
-        std::fs::write(dir.path().join("rsyslog.conf"), conf).unwrap();
+        let configure = move |dir: &Path, p: &[u16]| {
+            let conf = template(
+                "rsyslog.conf",
+                &[
+                    ("@DIR@", d.clone()),
+                    ("@CA@", cert("ca.crt")),
+                    ("@CERT@", cert("server.crt")),
+                    ("@KEY@", cert("server.key")),
+                    ("@TLS_PORT@", p[0].to_string()),
+                    ("@TCP_PORT@", p[1].to_string()),
+                    ("@AUTHMODE@", authmode.to_owned()),
+                ],
+            );
+            std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
+        };
         let start = move |dir: &Path| {
             Command::new(&bin)
                 .arg("-n")
@@ -116,21 +116,11 @@ impl Receiver {
                 .stderr(std::fs::File::create(dir.join("rsyslogd.err"))?)
                 .spawn()
         };
-        let mut r = Receiver {
-            child: None,
-            dir,
-            tls_port,
-            tcp_port,
-            lf_port: None,
-            kind: "rsyslog",
-            start: Box::new(start),
-        };
-        r.restart();
-        Some(r)
+        Some(Receiver::launch(dir, "rsyslog", 2, Box::new(configure), Box::new(start)).await)
     }
 
     /// A private syslog-ng, or `None` (after the skip/fail rule) when it is missing.
-    pub fn syslog_ng(auth: PeerAuth) -> Option<Receiver> {
+    pub async fn syslog_ng(auth: PeerAuth) -> Option<Receiver> {
         let bin = std::env::var("KAR_SYSLOG_NG").ok().or_else(|| {
             ["/usr/sbin/syslog-ng", "/usr/local/sbin/syslog-ng"]
                 .iter()
@@ -144,27 +134,28 @@ impl Receiver {
         let module_path = std::env::var("KAR_SYSLOG_NG_MODULE_PATH").ok();
         let lib_path = std::env::var("KAR_SYSLOG_NG_LIB_PATH").ok();
         let dir = tempfile::tempdir().unwrap();
-        let (tls_port, tcp_port, lf_port) = (free_port(), free_port(), free_port());
         let d = dir.path().display().to_string();
         let verify = if auth == PeerAuth::Required {
             "required-trusted"
         } else {
             "optional-untrusted"
         };
-        let conf = template(
-            "syslog-ng.conf",
-            &[
-                ("@DIR@", d.clone()),
-                ("@CA@", cert("ca.crt")),
-                ("@CERT@", cert("server.crt")),
-                ("@KEY@", cert("server.key")),
-                ("@TLS_PORT@", tls_port.to_string()),
-                ("@TCP_PORT@", tcp_port.to_string()),
-                ("@LF_PORT@", lf_port.to_string()),
-                ("@VERIFY@", verify.to_owned()),
-            ],
-        );
-        std::fs::write(dir.path().join("syslog-ng.conf"), conf).unwrap();
+        let configure = move |dir: &Path, p: &[u16]| {
+            let conf = template(
+                "syslog-ng.conf",
+                &[
+                    ("@DIR@", d.clone()),
+                    ("@CA@", cert("ca.crt")),
+                    ("@CERT@", cert("server.crt")),
+                    ("@KEY@", cert("server.key")),
+                    ("@TLS_PORT@", p[0].to_string()),
+                    ("@TCP_PORT@", p[1].to_string()),
+                    ("@LF_PORT@", p[2].to_string()),
+                    ("@VERIFY@", verify.to_owned()),
+                ],
+            );
+            std::fs::write(dir.join("syslog-ng.conf"), conf).unwrap();
+        };
         let start = move |dir: &Path| {
             let mut cmd = Command::new(&bin);
             cmd.arg("-F")
@@ -187,17 +178,45 @@ impl Receiver {
             }
             cmd.spawn()
         };
-        let mut r = Receiver {
-            child: None,
-            dir,
-            tls_port,
-            tcp_port,
-            lf_port: Some(lf_port),
-            kind: "syslog-ng",
-            start: Box::new(start),
-        };
-        r.restart();
-        Some(r)
+        Some(Receiver::launch(dir, "syslog-ng", 3, Box::new(configure), Box::new(start)).await)
+    }
+
+    /// Starts a receiver on `n` fresh ports, trying new ones when another process holds one.
+    async fn launch(
+        mut dir: tempfile::TempDir,
+        kind: &'static str,
+        n: usize,
+        configure: Box<ConfigureFn>,
+        mut start: Box<StartFn>,
+    ) -> Receiver {
+        for _ in 0..5 {
+            let p = ports::pick(n);
+            configure(dir.path(), &p);
+            let mut r = Receiver {
+                child: None,
+                dir,
+                tls_port: p[0],
+                tcp_port: p[1],
+                lf_port: p.get(2).copied(),
+                kind,
+                start,
+            };
+            if r.try_start().await {
+                return r;
+            }
+            (dir, start) = r.into_parts();
+        }
+        panic!("{kind} could not listen on any of five sets of ports");
+    }
+
+    fn into_parts(mut self) -> (tempfile::TempDir, Box<StartFn>) {
+        self.kill9();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let start = std::mem::replace(
+            &mut self.start,
+            Box::new(|_: &Path| Err(std::io::Error::other("moved"))),
+        );
+        (dir, start)
     }
 
     fn ports(&self) -> Vec<u16> {
@@ -206,14 +225,15 @@ impl Receiver {
         p
     }
 
-    /// Starts (again) on the same ports and files.
-    pub fn restart(&mut self) {
+    /// Starts the process; true once it listens on all its ports itself.
+    async fn try_start(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let child = (self.start)(self.dir.path()).unwrap();
+        let pid = child.id();
         self.child = Some(child);
         let ports = self.ports();
-        let up = wait_until(Duration::from_secs(20), || {
-            ports.iter().all(|p| port_open(*p))
+        wait_until(Duration::from_secs(20), || {
+            ports.iter().all(|p| ports::listening(pid, *p))
                 || self
                     .child
                     .as_mut()
@@ -222,8 +242,14 @@ impl Receiver {
                     .ok()
                     .flatten()
                     .is_some()
-        });
-        if !up || !ports.iter().all(|p| port_open(*p)) {
+        })
+        .await;
+        ports.iter().all(|p| ports::listening(pid, *p))
+    }
+
+    /// Starts (again) on the same ports and files.
+    pub async fn restart(&mut self) {
+        if !self.try_start().await {
             let out = std::fs::read_to_string(self.dir.path().join(format!(
                 "{}.out",
                 if self.kind == "rsyslog" {
@@ -233,7 +259,11 @@ impl Receiver {
                 }
             )))
             .unwrap_or_default();
-            panic!("{} did not start listening on {ports:?}: {out}", self.kind);
+            panic!(
+                "{} did not start listening on {:?}: {out}",
+                self.kind,
+                self.ports()
+            );
         }
     }
 
@@ -250,12 +280,14 @@ impl Receiver {
     }
 
     /// Orderly stop (SIGTERM), so that everything received is written out.
-    pub fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             signal(c.id(), "TERM");
             if !wait_until(Duration::from_secs(10), || {
                 c.try_wait().ok().flatten().is_some()
-            }) {
+            })
+            .await
+            {
                 let _ = c.kill();
             }
             let _ = c.wait();
@@ -280,8 +312,8 @@ impl Receiver {
     }
 
     /// Waits until at least `n` messages arrived (or the timeout), then returns them.
-    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        wait_until(timeout, || self.line_count() >= n);
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        wait_until(timeout, || self.line_count() >= n).await;
         self.messages()
     }
 

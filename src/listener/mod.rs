@@ -1,22 +1,29 @@
-//! The webhook listener: accepts connections under a connection cap, runs the TLS handshake
-//! with a deadline, and serves HTTP/1.1 and HTTP/2 on each connection until shutdown.
+//! The webhook listener: accepts connections under the connection cap (making room by
+//! closing handshaking or idle connections, see `slots`), runs the TLS handshake with a
+//! deadline, and serves HTTP/1.1 and HTTP/2 on each connection until shutdown, with a
+//! lingering close (`linger`) so that answers are not lost to a reset.
+
+mod linger;
+mod slots;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::tls::ReloadingServerConfig;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenConfig;
+use crate::metrics::{Metrics, Side};
+use crate::tls::{self, ReloadingServerConfig};
 use crate::webhook::Webhook;
+use linger::Lingering;
+use slots::{Connection, Slot, Slots};
 
 /// Limits applied to each connection.
 #[derive(Debug, Clone)]
@@ -31,6 +38,8 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// HTTP/2 concurrent streams.
     pub max_streams: u32,
+    /// How long a lingering close reads and drops at most.
+    pub linger: Duration,
 }
 
 impl From<&ListenConfig> for ConnectionLimits {
@@ -41,8 +50,22 @@ impl From<&ListenConfig> for ConnectionLimits {
             header_read_timeout: l.header_read_timeout,
             max_header_bytes: l.max_header_bytes.as_usize(),
             max_streams: l.max_streams_per_connection,
+            linger: l.discard_timeout,
         }
     }
+}
+
+/// What one listener serves with.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// TLS, or `None` for plain HTTP.
+    pub tls: Option<Arc<ReloadingServerConfig>>,
+    /// The route.
+    pub webhook: Arc<Webhook>,
+    /// Where TLS failures and evictions are counted.
+    pub metrics: Arc<Metrics>,
+    /// Per-connection limits.
+    pub limits: ConnectionLimits,
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled. Connection tasks are
@@ -51,28 +74,23 @@ impl From<&ListenConfig> for ConnectionLimits {
 /// `Connection: close` after the current request).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<ReloadingServerConfig>>,
-    webhook: Arc<Webhook>,
-    limits: ConnectionLimits,
+    service: Service,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Slots::new(service.limits.max_connections);
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
+        .header_read_timeout(service.limits.header_read_timeout)
+        .max_buf_size(service.limits.max_header_bytes);
     http.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_concurrent_streams(service.limits.max_streams)
+        .max_header_list_size(u32::try_from(service.limits.max_header_bytes).unwrap_or(u32::MAX));
+    let metrics = service.metrics.clone();
+    let on_evict = move |kind: slots::Evicted| metrics.connection_evicted(kind.as_str());
     loop {
-        // The permit is taken before accept: past the cap, connections wait in the backlog.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -85,16 +103,15 @@ pub async fn serve(
                 }
             },
         };
-        let (tls, webhook, http, shutdown, limits) = (
-            tls.clone(),
-            webhook.clone(),
-            http.clone(),
-            shutdown.clone(),
-            limits.clone(),
-        );
+        // A slot for it: free, or made by closing a handshaking or idle connection. When every
+        // connection is busy, this one waits here and the next ones in the kernel backlog.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = slots.take(&on_evict) => slot,
+        };
+        let (service, http, shutdown) = (service.clone(), http.clone(), shutdown.clone());
         connections.spawn(async move {
-            serve_connection(stream, peer, tls, webhook, http, &limits, shutdown).await;
-            drop(permit);
+            serve_connection(stream, peer, slot, service, http, shutdown).await;
         });
     }
 }
@@ -102,67 +119,108 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<Arc<ReloadingServerConfig>>,
-    webhook: Arc<Webhook>,
+    slot: Slot,
+    service: Service,
     http: auto::Builder<TokioExecutor>,
-    limits: &ConnectionLimits,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let metrics = webhook.metrics().clone();
-    let service = service_fn(move |request| {
+    let connection = slot.connection.clone();
+    let io = Lingering::new(stream, service.limits.linger, connection.clone());
+    let webhook = service.webhook.clone();
+    let (on_request, metrics) = (connection.clone(), service.metrics.clone());
+    let handler = service_fn(move |request| {
         let webhook = webhook.clone();
-        async move { Ok::<_, Infallible>(webhook.handle(request).await) }
+        let active = InFlight::start(on_request.clone(), metrics.clone());
+        async move {
+            let response = webhook.handle(request).await;
+            drop(active);
+            Ok::<_, Infallible>(response)
+        }
     });
-    match tls {
+    let evict = connection.evict.clone();
+    match service.tls {
         None => {
             drive(
-                http.serve_connection(TokioIo::new(stream), service),
+                http.serve_connection(TokioIo::new(io), handler),
                 peer,
-                shutdown,
+                &shutdown,
+                &evict,
             )
-            .await
+            .await;
         }
         Some(reloading) => {
             let acceptor = reloading.acceptor();
             let handshake =
-                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
+                tokio::time::timeout(service.limits.tls_handshake_timeout, acceptor.accept(io));
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = evict.cancelled() => return,
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        // rustls reports a plain-text request as a record of an invalid type.
-                        let hint = if e.to_string().contains("InvalidContentType") { " (plain HTTP sent to the HTTPS port?)" } else { "" };
-                        tracing::warn!(%peer, reason = %e, "TLS handshake refused{hint}");
-                        metrics.tls_failure("server", &e);
+                        let reason = tls::failure_reason(&e);
+                        let hint = if reason == "not_tls" { " (plain HTTP sent to the HTTPS port?)" } else { "" };
+                        tracing::warn!(%peer, reason, error = %e, "TLS handshake refused{hint}");
+                        service.metrics.tls_failure(Side::Server, reason);
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(%peer, reason = "timeout", "TLS handshake refused");
-                        metrics.tls_failure("server", &"timeout");
+                        tracing::warn!(%peer, reason = "timeout", "TLS handshake refused: no handshake within listen.tls_handshake_timeout");
+                        service.metrics.tls_failure(Side::Server, "timeout");
                         return;
                     }
                 },
             };
+            connection.handshake_done();
             drive(
-                http.serve_connection(TokioIo::new(stream), service),
+                http.serve_connection(TokioIo::new(stream), handler),
                 peer,
-                shutdown,
+                &shutdown,
+                &evict,
             )
             .await;
         }
     }
+    drop(slot);
 }
 
-async fn drive<C>(connection: C, peer: SocketAddr, shutdown: CancellationToken)
-where
+/// Marks a request in flight on its connection (and in the metrics) for as long as it lives,
+/// so that a request whose stream is reset still ends.
+struct InFlight(Arc<Connection>, Arc<Metrics>);
+
+impl InFlight {
+    fn start(connection: Arc<Connection>, metrics: Arc<Metrics>) -> Self {
+        connection.request_started();
+        metrics.request_in_flight(true);
+        Self(connection, metrics)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+        self.1.request_in_flight(false);
+    }
+}
+
+async fn drive<C>(
+    connection: C,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+    evict: &CancellationToken,
+) where
     C: GracefulConnection,
 {
     tokio::pin!(connection);
     let result = tokio::select! {
         r = connection.as_mut() => r,
         _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        _ = evict.cancelled() => {
+            tracing::debug!(%peer, "idle connection closed to make room (listen.max_connections)");
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -1,0 +1,164 @@
+//! Stream transports: `tcp://` and `tls://` (RFC 6587 / RFC 5425) and `stdout`.
+//!
+//! Syslog receivers never answer, so delivery is confirmed conservatively: a written batch is
+//! confirmed only after it stayed `confirm_after` on a connection that showed no error, close
+//! or TLS alert. The read half is watched meanwhile: a TLS 1.3 receiver that rejects the
+//! client certificate, or one that resets the connection, is noticed there, and everything
+//! not yet confirmed is sent again on the next connection.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::connect::{Connector, Stream};
+use super::{End, Session};
+use crate::queue::Position;
+use crate::syslog::Encoder;
+
+/// Where a stream destination writes.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per destination, built once and never moved on the data path"
+)]
+pub enum Target {
+    /// A TCP or TLS receiver.
+    Network(Connector),
+    /// The process's standard output.
+    Stdout,
+}
+
+/// Settings of a stream session.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// Format and framing.
+    pub encoder: Encoder,
+    /// How long written records must stay on a healthy connection.
+    pub confirm_after: Duration,
+    /// Deadline of one batch write.
+    pub write_timeout: Duration,
+    /// Bytes per batch at most (sizes the write buffer).
+    pub batch_bytes: usize,
+}
+
+/// One connection (or stdout) and the batches written on it, not yet confirmed.
+pub struct StreamSession<R, W> {
+    rd: R,
+    wr: W,
+    /// Whether the read half tells anything (false for stdout).
+    watch_peer: bool,
+    settings: StreamSettings,
+    pending: VecDeque<(Position, Instant)>,
+    buf: Vec<u8>,
+    scratch: [u8; 512],
+}
+
+/// A network session: the two halves of a [`Stream`].
+pub type NetworkSession = StreamSession<tokio::io::ReadHalf<Stream>, tokio::io::WriteHalf<Stream>>;
+
+/// The stdout session.
+pub type StdoutSession = StreamSession<tokio::io::Empty, tokio::io::Stdout>;
+
+impl NetworkSession {
+    /// A session on an open connection.
+    pub fn network(stream: Stream, settings: StreamSettings) -> Self {
+        let (rd, wr) = tokio::io::split(stream);
+        StreamSession::new(rd, wr, true, settings)
+    }
+}
+
+impl StdoutSession {
+    /// A session writing to stdout.
+    pub fn stdout(settings: StreamSettings) -> Self {
+        StreamSession::new(tokio::io::empty(), tokio::io::stdout(), false, settings)
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> StreamSession<R, W> {
+    fn new(rd: R, wr: W, watch_peer: bool, settings: StreamSettings) -> Self {
+        Self {
+            rd,
+            wr,
+            watch_peer,
+            settings,
+            pending: VecDeque::new(),
+            buf: Vec::with_capacity(settings.batch_bytes + 1024),
+            scratch: [0; 512],
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session for StreamSession<R, W> {
+    async fn send(&mut self, records: &[Bytes], end: Position) -> Result<(), End> {
+        self.buf.clear();
+        for record in records {
+            self.settings.encoder.stream(record, &mut self.buf);
+        }
+        let write = async {
+            self.wr.write_all(&self.buf).await?;
+            self.wr.flush().await
+        };
+        match tokio::time::timeout(self.settings.write_timeout, write).await {
+            Ok(Ok(())) => {
+                self.pending.push_back((end, Instant::now()));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    async fn confirmed(&mut self) -> Result<Position, End> {
+        let confirm_at = self
+            .pending
+            .front()
+            .map(|&(_, written)| written + self.settings.confirm_after);
+        tokio::select! {
+            end = peer_closed(&mut self.rd, &mut self.scratch), if self.watch_peer => Err(end),
+            () = sleep_until(confirm_at) => match self.pending.pop_front() {
+                Some((position, _)) => Ok(position),
+                None => std::future::pending().await,
+            },
+        }
+    }
+
+    /// Orderly end after a drain: close_notify / FIN, wait briefly for the receiver's close
+    /// so that a late rejection is still seen, then confirm what was written.
+    async fn close(mut self) -> Result<Option<Position>, End> {
+        self.wr.shutdown().await.map_err(End::Io)?;
+        if self.watch_peer && !self.pending.is_empty() {
+            let wait = self.settings.confirm_after.max(Duration::from_millis(100));
+            match tokio::time::timeout(wait, peer_closed(&mut self.rd, &mut self.scratch)).await {
+                Ok(End::PeerClosed) | Err(_) => {}
+                Ok(other) => return Err(other),
+            }
+        }
+        Ok(self.pending.back().map(|&(position, _)| position))
+    }
+
+    async fn abort(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.wr.shutdown()).await;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when the receiver closes the connection or it fails; data it sends is ignored.
+async fn peer_closed<R: AsyncRead + Unpin>(rd: &mut R, scratch: &mut [u8]) -> End {
+    loop {
+        match rd.read(scratch).await {
+            Ok(0) => return End::PeerClosed,
+            Ok(_) => {}
+            Err(e) => return End::Io(e),
+        }
+    }
+}
