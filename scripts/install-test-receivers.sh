@@ -32,6 +32,15 @@ apt_update() {
   fi
 }
 
+# Clients the tests drive: curl (HTTP/1.1 and HTTP/2 refusals) and openssl (TLS 1.0/1.1 probes).
+for tool in curl openssl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    apt_update
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "$tool" >>"$log" 2>&1 \
+      || { echo "install-test-receivers: apt-get install $tool failed (see $log)" >&2; exit 1; }
+  fi
+done
+
 # rsyslog + TLS driver (system package; the tests run it with their own config and pid file).
 if ! { [ -x /usr/sbin/rsyslogd ] && ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1; }; then
   apt_update
