@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kube_audit_relay::config::{Config, Format, Framing};
+use kube_audit_relay::config::{Config, Format, Framing, Oversize};
 use kube_audit_relay::pipeline::Pipeline;
 use kube_audit_relay::syslog::Encoder;
 
@@ -92,7 +92,12 @@ fn benches(c: &mut Criterion) {
     });
 
     let records = plain.run(&bodies[0], "x").unwrap().records;
-    let octet = Encoder::new(Format::Rfc5424, Framing::Octet);
+    let octet = Encoder::new(
+        Format::Rfc5424,
+        Framing::Octet,
+        usize::MAX,
+        Oversize::Truncate,
+    );
     let mut out = Vec::with_capacity(1 << 20);
     group.bench_function("encode-octet", |b| {
         b.iter(|| {

@@ -11,6 +11,8 @@
 #   memory    S1 with the memory queue (like the peers' memory buffers)
 #   conns     1, 2, 4, 8, 16 connections (disk queue)
 #   sizes     event sizes ~0.7, 2, 20, 200 KB (4 connections, disk queue)
+#   relp      S1 with the destination over RELP (relp:// and relp+tls://; the sink acknowledges
+#             every message), next to S1 over tls://
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
 # Environment: DURATION (default 20s), HTTP2=1 for h2, BENCH_DIR (default target/bench).
 set -euo pipefail
@@ -32,11 +34,17 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# run NAME CONNECTIONS QUEUE RATE EVENT_BYTES PROFILE DURATION
+# run NAME CONNECTIONS QUEUE RATE EVENT_BYTES PROFILE DURATION [SCHEME]
+# SCHEME is the destination's: tls (default), relp or relp+tls.
 run() {
-  local name=$1 conns=$2 queue=$3 rate=$4 event_bytes=$5 profile=$6 duration=$7
+  local name=$1 conns=$2 queue=$3 rate=$4 event_bytes=$5 profile=$6 duration=$7 scheme=${8:-tls}
   local work; work=$(mktemp -d "$out_dir/run.XXXXXX")
-  "$bench_bin" sink --tls-cert certs/server.crt --tls-key certs/server.key --stats "$work/sink.json" \
+  local sink_args=(--tls-cert certs/server.crt --tls-key certs/server.key)
+  case "$scheme" in
+    relp) sink_args=(--framing relp) ;;
+    relp+tls) sink_args+=(--framing relp) ;;
+  esac
+  "$bench_bin" sink "${sink_args[@]}" --stats "$work/sink.json" \
       > "$work/sink.out" 2> "$work/sink.err" &
   local sink_pid=$!; pids+=("$sink_pid")
   local sink_addr=""
@@ -60,7 +68,7 @@ data_dir = "$work/queue"
 max_message_bytes = "1MiB"
 [[destination]]
 name = "sink"
-url = "tls://$sink_addr"
+url = "$scheme://$sink_addr"
 ca = "$root/certs/ca.crt"
 server_name = "localhost"
 EOF
@@ -134,7 +142,11 @@ for scenario in "$@"; do
     sizes)
       run size-0.7k 4 disk 0 0 metadata "$duration"
       for b in 2000 20000 200000; do run "size-$((b / 1000))k" 4 disk 0 "$b" metadata "$duration"; done ;;
-    smoke) run smoke 2 disk 0 0 metadata 2s ;;
+    relp)
+      run S1-tls 4 disk 0 0 metadata "$duration" tls
+      run S1-relp 4 disk 0 0 metadata "$duration" relp
+      run S1-relp+tls 4 disk 0 0 metadata "$duration" relp+tls ;;
+    smoke) run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real syslog receivers the interop tests run against:
-#   - rsyslog with its OpenSSL TLS driver, from Debian's packages (apt-get install);
+#   - rsyslog with its OpenSSL TLS driver and RELP input (imrelp), from Debian's packages;
 #   - syslog-ng, unpacked privately into target/test-receivers/syslog-ng, because Debian's
 #     syslog-ng-core conflicts with rsyslog as a package (its library dependencies do not).
 # Prints the environment the tests read (KAR_RSYSLOGD, KAR_SYSLOG_NG, ...) as `export` lines.
@@ -41,11 +41,13 @@ for tool in curl openssl; do
   fi
 done
 
-# rsyslog + TLS driver (system package; the tests run it with their own config and pid file).
-if ! { [ -x /usr/sbin/rsyslogd ] && ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1; }; then
+# rsyslog + TLS driver + RELP (imrelp) (system packages; the tests run it with their own
+# config and pid file).
+if ! { [ -x /usr/sbin/rsyslogd ] && ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 \
+       && ls /usr/lib/*/rsyslog/imrelp.so >/dev/null 2>&1; }; then
   apt_update
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends rsyslog rsyslog-openssl >>"$log" 2>&1 \
-    || { echo "install-test-receivers: apt-get install rsyslog rsyslog-openssl failed (see $log)" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends rsyslog rsyslog-openssl rsyslog-relp >>"$log" 2>&1 \
+    || { echo "install-test-receivers: apt-get install rsyslog rsyslog-openssl rsyslog-relp failed (see $log)" >&2; exit 1; }
 fi
 # Installing rsyslog may start the system service on hosts with an init system; the tests
 # never use it, and on containers without one nothing was started.

@@ -145,10 +145,19 @@ impl App {
             None => None,
         };
         let names = destination_names(&config);
-        let queue = Queue::open(&config.queue, &names).await?;
+        let stamp: Option<crate::queue::Stamper> = config
+            .syslog
+            .sequence_id
+            .then(|| Box::new(crate::stamp::SequenceIds::default()) as crate::queue::Stamper);
+        let queue = Queue::open_stamped(&config.queue, &names, stamp).await?;
         let mut destinations = Vec::with_capacity(config.destinations.len());
         for (index, d) in config.destinations.iter().enumerate() {
-            destinations.push(Destination::new(d, queue.reader(index), metrics.clone())?);
+            destinations.push(Destination::new(
+                d,
+                config.syslog.max_message_bytes,
+                queue.reader(index),
+                metrics.clone(),
+            )?);
         }
         let pipeline = Pipeline::new(&config, &record_hostname(&config));
         let webhook = Arc::new(Webhook::new(

@@ -7,10 +7,10 @@
 //!    ─▶ webhook (HTTP: method, path, token, type, size; the status of every refusal)
 //!    ─▶ pipeline (pure): audit (EventList split into raw items) ─▶ dedupe (auditID, stage)
 //!         ─▶ filter (keep/drop rules, redaction) ─▶ syslog::render (RFC 5424 record)
-//!    ─▶ queue (memory, or disk with group-committed fsync) ─▶ 200
+//!    ─▶ queue (memory, or disk with group-committed fsync; stamp: sequenceId) ─▶ 200
 //! queue ─▶ sender (one task per destination, own cursor)
 //!    ─▶ syslog::encode (RFC 5424 | RFC 3164, octet | LF | NDJSON)
-//!    ─▶ stream (tcp, tls, stdout) | udp | http(s) ─▶ SIEM
+//!    ─▶ stream (tcp, tls, stdout) | relp (relp, relp+tls) | udp | http(s) ─▶ SIEM
 //! admin: /healthz /readyz /metrics
 //! ```
 //!
@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod sender;
 pub mod shutdown;
+pub mod stamp;
 pub mod syslog;
 pub mod tls;
 pub mod webhook;

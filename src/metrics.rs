@@ -58,7 +58,7 @@ pub struct Metrics {
     request_duration: Histogram,
     events_received: Counter,
     events_deduplicated: Counter,
-    events_truncated: Counter,
+    events_truncated: Family<Labels, Counter>,
     events_filtered: Counter,
     events_redacted: Counter,
     events_dropped: Family<Labels, Counter>,
@@ -69,6 +69,7 @@ pub struct Metrics {
     queue_bytes: Gauge,
     tls_handshake_failures: Family<Labels, Counter>,
     connections_evicted: Family<Labels, Counter>,
+    connections_open: Gauge,
     /// Serialises [`Metrics::set_dropped_total`]'s read-then-add.
     totals: std::sync::Mutex<()>,
 }
@@ -80,9 +81,21 @@ pub struct DestinationMetrics {
     up: Gauge,
     backlog: Gauge,
     oldest: FloatGauge,
+    truncated: Counter,
+    too_large: Counter,
 }
 
 impl DestinationMetrics {
+    /// Counts one event cut to fit this destination's `max_message_bytes`.
+    pub fn truncated(&self) {
+        self.truncated.inc();
+    }
+
+    /// Counts one event not sent to this destination because it does not fit.
+    pub fn too_large(&self) {
+        self.too_large.inc();
+    }
+
     /// Counts `n` events confirmed delivered.
     pub fn sent(&self, n: u64) {
         self.sent.inc_by(n);
@@ -122,7 +135,7 @@ impl Metrics {
             ]),
             events_received: Counter::default(),
             events_deduplicated: Counter::default(),
-            events_truncated: Counter::default(),
+            events_truncated: Family::default(),
             events_filtered: Counter::default(),
             events_redacted: Counter::default(),
             events_dropped: Family::default(),
@@ -133,6 +146,7 @@ impl Metrics {
             queue_bytes: Gauge::default(),
             tls_handshake_failures: Family::default(),
             connections_evicted: Family::default(),
+            connections_open: Gauge::default(),
             totals: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
@@ -164,7 +178,7 @@ impl Metrics {
         );
         r.register(
             "events_truncated",
-            "Events shortened by the apiserver truncation rule",
+            "Events shortened by the apiserver truncation rule: when stored (no label), or for one destination's max_message_bytes",
             m.events_truncated.clone(),
         );
         r.register(
@@ -179,7 +193,7 @@ impl Metrics {
         );
         r.register(
             "events_dropped",
-            "Events that could not be relayed, by reason",
+            "Events that could not be relayed, by reason (and destination, for a destination's max_message_bytes or datagram size)",
             m.events_dropped.clone(),
         );
         r.register(
@@ -217,6 +231,11 @@ impl Metrics {
             "Webhook connections closed to make room at listen.max_connections, by state (handshake, idle)",
             m.connections_evicted.clone(),
         );
+        r.register(
+            "connections_open",
+            "Webhook connections open (each holds one of listen.max_connections)",
+            m.connections_open.clone(),
+        );
         let build = Family::<Labels, Gauge>::default();
         build
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
@@ -250,7 +269,10 @@ impl Metrics {
         match outcome {
             EventOutcome::Received => &self.events_received,
             EventOutcome::Deduplicated => &self.events_deduplicated,
-            EventOutcome::Truncated => &self.events_truncated,
+            EventOutcome::Truncated => {
+                self.events_truncated.get_or_create(&Vec::new()).inc_by(n);
+                return;
+            }
             EventOutcome::Filtered => &self.events_filtered,
             EventOutcome::Redacted => &self.events_redacted,
         }
@@ -291,6 +313,14 @@ impl Metrics {
                 .destination_oldest_seconds
                 .get_or_create(&labels)
                 .clone(),
+            truncated: self.events_truncated.get_or_create(&labels).clone(),
+            too_large: self
+                .events_dropped
+                .get_or_create(&vec![
+                    ("destination", name.to_owned()),
+                    ("reason", "too_large".to_owned()),
+                ])
+                .clone(),
         }
     }
 
@@ -308,6 +338,15 @@ impl Metrics {
                 ("reason", reason.to_owned()),
             ])
             .inc();
+    }
+
+    /// A webhook connection opened (`true`) or ended (`false`).
+    pub fn connection_open(&self, open: bool) {
+        if open {
+            self.connections_open.inc();
+        } else {
+            self.connections_open.dec();
+        }
     }
 
     /// Counts a connection closed to make room at the connection cap.

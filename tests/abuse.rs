@@ -116,20 +116,31 @@ async fn connection_cap_holds_busy_connections_and_recycles_silent_ones() {
         .map(|_| TcpStream::connect(relay.addr).unwrap())
         .collect();
     still_serving(&relay).await;
+    let m = relay.metrics().await;
+    assert!(
+        m["kar_connections_evicted_total{state=\"handshake\"}"] >= 1.0,
+        "{m:?}"
+    );
     drop(silent);
+    relay
+        .wait_metric("kar_connections_open", 0.0, Duration::from_secs(5))
+        .await;
     // Four connections in the middle of a request (the body never completes): a fifth client
     // waits in the backlog instead of taking a busy connection's slot.
-    let busy: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let mut s = TcpStream::connect(relay.addr).unwrap();
-            s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{").unwrap();
-            s
-        })
-        .collect();
-    let m = relay
-        .wait_metric("kar_requests_in_flight", 4.0, Duration::from_secs(5))
-        .await;
-    assert_eq!(m["kar_requests_in_flight"], 4.0);
+    let mut busy = Vec::new();
+    for n in 1..=4 {
+        let mut s = TcpStream::connect(relay.addr).unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{").unwrap();
+        busy.push(s);
+        let m = relay
+            .wait_metric(
+                "kar_requests_in_flight",
+                f64::from(n),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(m["kar_requests_in_flight"], f64::from(n));
+    }
     let blocked = tokio::time::timeout(
         Duration::from_millis(700),
         post_batch(relay.addr, &ClientOptions::default(), b"{}".to_vec()),

@@ -125,11 +125,14 @@ async fn idle_keep_alive_connections_make_room_busy_ones_do_not() {
 
     // Now four busy connections: each is in the middle of a request whose body never ends.
     drop(idle);
+    relay
+        .wait_metric("kar_connections_open", 0.0, Duration::from_secs(5))
+        .await;
     let mut busy = Vec::new();
-    for _ in 0..4 {
+    for n in 1..=4 {
         let tcp = TcpStream::connect(relay.addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
-        let tls = tokio_rustls::TlsConnector::from(support::client_tls_config(
+        let mut tls = tokio_rustls::TlsConnector::from(support::client_tls_config(
             &ClientOptions::https(Some(("client.crt", "client.key")), false),
         ))
         .connect(
@@ -138,17 +141,22 @@ async fn idle_keep_alive_connections_make_room_busy_ones_do_not() {
         )
         .await
         .unwrap();
-        let mut tls = tls;
         tls.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"items\":[")
             .await
             .unwrap();
         tls.flush().await.unwrap();
         busy.push(tls);
+        // This request is in flight before the next connection comes (which could otherwise
+        // find it idle, between its handshake and its first request, and close it).
+        relay
+            .wait_metric(
+                "kar_requests_in_flight",
+                f64::from(n),
+                Duration::from_secs(5),
+            )
+            .await;
     }
-    // All four requests are in flight: no connection is evictable.
-    relay
-        .wait_metric("kar_requests_in_flight", 4.0, Duration::from_secs(5))
-        .await;
+    assert_eq!(relay.metrics().await["kar_requests_in_flight"], 4.0);
     let key = "kar_requests_total{code=\"200\"}";
     let before = relay.metrics().await[key];
     let blocked = tokio::time::timeout(

@@ -39,7 +39,7 @@ backoff_initial = "50ms"
 backoff_max = "500ms"
 confirm_after = "300ms"
 "#,
-        tls = receiver.tls_port,
+        tls = receiver.port("tls"),
         ca = cert("ca.crt"),
     )
 }
@@ -390,4 +390,141 @@ async fn sigterm_under_load_drains_and_exits_0() {
     );
     assert_no_loss("SIGTERM", t, 1000);
     assert!(relay.has_log("destination drained"), "{}", relay.logs());
+}
+
+/// Why RELP exists: a receiver that is slow (every write fsynced) holds a backlog while the
+/// relay sends at full speed, and is killed with -9 three times. Over RELP its
+/// acknowledgement means "written", so nothing the relay counted as delivered is lost; over
+/// TCP the relay can only count a write that stayed `confirm_after` on a healthy connection
+/// as delivered, and what sat in the receiver's socket buffer dies with it.
+async fn slow_receiver_killed_while_holding_a_backlog(
+    transport: &str,
+    memory_queue: bool,
+) -> support::load::Tally {
+    let sync = |conf: &str| {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/receivers")
+                .join(conf),
+        )
+        .unwrap();
+        // sync="on": an fsync per message, so the receiver is far slower than the relay.
+        let text = text
+            .replace("asyncWriting=\"off\")", "asyncWriting=\"off\" sync=\"on\")")
+            .replace(
+                "template=\"fieldsjson\")",
+                "template=\"fieldsjson\" sync=\"on\")",
+            )
+            .replace("template=\"raw\")", "template=\"raw\" sync=\"on\")");
+        assert!(text.contains("sync=\"on\""), "{conf}");
+        // The other setup: rsyslog's default in-memory queue, dequeued at most 5 000 a
+        // second, which acknowledges (RELP) or reads (TCP) what it has not written yet.
+        let text = if memory_queue {
+            let t = text.replace(
+                "queue.type=\"Direct\"",
+                "queue.type=\"LinkedList\" queue.dequeueSlowdown=\"200\"",
+            );
+            assert_ne!(t, text, "{conf} has a Direct queue to replace");
+            t
+        } else {
+            text
+        };
+        &*Box::leak(text.into_boxed_str())
+    };
+    let receiver = if transport == "relp" {
+        Receiver::rsyslog_with(sync("rsyslog-relp.conf"), &["relp", "relp_tls"], |_| {
+            Vec::new()
+        })
+        .await
+    } else {
+        Receiver::rsyslog_with(sync("rsyslog.conf"), &["tls", "tcp"], |_| {
+            vec![("@AUTHMODE@", "anon".to_owned())]
+        })
+        .await
+    };
+    let Some(mut receiver) = receiver else {
+        return support::load::Tally {
+            acked: 0,
+            delivered: 0,
+            duplicates: 0,
+            lost: 0,
+        };
+    };
+    let url = if transport == "relp" {
+        format!("relp://127.0.0.1:{}", receiver.port("relp"))
+    } else {
+        format!("tcp://127.0.0.1:{}", receiver.port("tcp"))
+    };
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+[queue]
+kind = "disk"
+data_dir = "queue"
+[[destination]]
+name = "siem"
+url = "{url}"
+backoff_initial = "50ms"
+backoff_max = "500ms"
+"#
+    ))
+    .await;
+    let mut load = Load::start(relay.addr, transport, 4, 100);
+    for _ in 0..3 {
+        assert!(load_runs(&load, 5000).await, "the load runs");
+        receiver.kill9();
+        receiver.restart().await;
+    }
+    assert!(load_runs(&load, 5000).await);
+    load.stop().await;
+    // Everything is confirmed by the relay (over TCP: the relay believes it delivered).
+    relay
+        .wait_metric(
+            "kar_destination_backlog_records{destination=\"siem\"}",
+            0.0,
+            Duration::from_secs(90),
+        )
+        .await;
+    let acked = load.acked.lock().unwrap().clone();
+    let t = settle(&receiver, &acked, Duration::from_secs(5)).await;
+    let setup = if memory_queue {
+        "in-memory queue"
+    } else {
+        "Direct queue, fsync per write"
+    };
+    report(
+        &format!(
+            "rsyslog ({setup}) killed with -9 three times while holding a backlog, over {transport}://"
+        ),
+        t,
+        &format!("statuses {:?}", load.statuses.lock().unwrap()),
+    );
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_receiver_killed_over_relp_loses_nothing() {
+    let t = slow_receiver_killed_while_holding_a_backlog("relp", false).await;
+    if t.acked > 0 {
+        assert_no_loss("RELP, receiver killed while holding a backlog", t, 1000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_receiver_killed_over_tcp_for_comparison() {
+    // The figures go to the report (README reliability table), whatever they are.
+    let t = slow_receiver_killed_while_holding_a_backlog("tcp", false).await;
+    assert!(t.acked == 0 || t.acked >= 1000, "the load ran: {t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_with_an_in_memory_queue_killed_over_relp_and_tcp() {
+    // Not a reliable setup: the figures show what the receiver's queue settings decide.
+    for transport in ["relp", "tcp"] {
+        let t = slow_receiver_killed_while_holding_a_backlog(transport, true).await;
+        assert!(
+            t.acked == 0 || t.acked >= 1000,
+            "{transport}: the load ran: {t:?}"
+        );
+    }
 }

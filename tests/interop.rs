@@ -6,14 +6,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use support::receivers::{PeerAuth, Received, Receiver};
-use support::{
-    ClientOptions, CorpusEvent, Relay, all_corpus_events, cert, check_message, eventlist,
-    post_batch,
-};
+use support::check::{assert_delivered, assert_raw};
+use support::receivers::{PeerAuth, Receiver};
+use support::{ClientOptions, CorpusEvent, Relay, all_corpus_events, cert, eventlist, post_batch};
 
 const HOST: &str = "test-cluster";
 
@@ -85,90 +82,6 @@ async fn post_all(relay: &Relay, events: &[CorpusEvent]) {
     }
 }
 
-/// Every event arrived exactly once on `listener`, with the mapped header fields and MSG
-/// byte-equal to the event line.
-fn assert_delivered(
-    receiver: &Receiver,
-    listener: &str,
-    events: &[CorpusEvent],
-    received: &[Received],
-) {
-    let on_listener: Vec<&Received> = received.iter().filter(|m| m.listener == listener).collect();
-    let mut by_key: HashMap<(String, String), Vec<&Received>> = HashMap::new();
-    for m in &on_listener {
-        let v: serde_json::Value = serde_json::from_str(&m.msg)
-            .unwrap_or_else(|e| panic!("{}: MSG is not JSON ({e}): {}", receiver.kind, m.msg));
-        by_key
-            .entry((
-                v["auditID"].as_str().unwrap().to_owned(),
-                v["stage"].as_str().unwrap().to_owned(),
-            ))
-            .or_default()
-            .push(m);
-    }
-    assert_eq!(
-        on_listener.len(),
-        events.len(),
-        "{} {listener}: message count",
-        receiver.kind
-    );
-    for e in events {
-        let got = by_key
-            .get(&(e.audit_id.clone(), e.stage.clone()))
-            .map_or(&[][..], Vec::as_slice);
-        assert_eq!(
-            got.len(),
-            1,
-            "{} {listener}: {}/{} arrived {} times",
-            receiver.kind,
-            e.audit_id,
-            e.stage,
-            got.len()
-        );
-        let m = got[0];
-        support::assert_same(
-            &m.msg,
-            &e.expected_msg(),
-            &format!("{} {listener}: MSG of {}", receiver.kind, e.audit_id),
-        );
-        assert_eq!(
-            m.pri,
-            13 * 8 + u32::from(e.expected_severity()),
-            "PRI of {}",
-            e.audit_id
-        );
-        assert_eq!(m.hostname, HOST);
-        assert_eq!(m.appname, "kube-apiserver");
-        assert_eq!(m.msgid, e.stage);
-        assert!(m.sd == "-" || m.sd.is_empty(), "SD: {}", m.sd);
-    }
-}
-
-/// The raw messages the receiver logged pass the strict RFC 5424 check and match the events.
-fn assert_raw(receiver: &Receiver, events: &[CorpusEvent]) {
-    let raw = std::fs::read_to_string(receiver.path("raw.log")).unwrap();
-    let by_key: HashMap<(String, String), &CorpusEvent> = events
-        .iter()
-        .map(|e| ((e.audit_id.clone(), e.stage.clone()), e))
-        .collect();
-    let mut checked = 0;
-    for line in raw.lines() {
-        let m = kube_audit_relay::syslog::parse_strict(line.as_bytes()).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(m.msg).unwrap();
-        let key = (
-            v["auditID"].as_str().unwrap().to_owned(),
-            v["stage"].as_str().unwrap().to_owned(),
-        );
-        check_message(line.as_bytes(), by_key[&key], HOST);
-        checked += 1;
-    }
-    assert!(
-        checked >= events.len(),
-        "{}: only {checked} raw messages",
-        receiver.kind
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsyslog_tls_octet_counted_with_client_certificates() {
     let Some(receiver) = Receiver::rsyslog(PeerAuth::Required).await else {
@@ -176,7 +89,7 @@ async fn rsyslog_tls_octet_counted_with_client_certificates() {
     };
     let relay = Relay::start(&relay_config(&tls_destination(
         "rsyslog",
-        receiver.tls_port,
+        receiver.port("tls"),
         "octet",
     )))
     .await;
@@ -185,8 +98,8 @@ async fn rsyslog_tls_octet_counted_with_client_certificates() {
     let received = receiver
         .wait_for(events.len(), Duration::from_secs(30))
         .await;
-    assert_delivered(&receiver, "tls", &events, &received);
-    assert_raw(&receiver, &events);
+    assert_delivered(&receiver, "tls", &events, &received, HOST);
+    assert_raw(&receiver, &events, HOST);
     assert!(relay.has_log("connected (TLS)"), "{}", relay.logs());
 }
 
@@ -195,16 +108,16 @@ async fn syslog_ng_tls_octet_and_tcp_lf_fan_out() {
     let Some(receiver) = Receiver::syslog_ng(PeerAuth::Required).await else {
         return;
     };
-    let destinations = tls_destination("sng-tls", receiver.tls_port, "octet")
-        + &tcp_destination("sng-lf", receiver.lf_port.unwrap(), "lf", false);
+    let destinations = tls_destination("sng-tls", receiver.port("tls"), "octet")
+        + &tcp_destination("sng-lf", receiver.port("lf"), "lf", false);
     let relay = Relay::start(&relay_config(&destinations)).await;
     let events = all_corpus_events();
     post_all(&relay, &events).await;
     let received = receiver
         .wait_for(2 * events.len(), Duration::from_secs(30))
         .await;
-    assert_delivered(&receiver, "tls", &events, &received);
-    assert_delivered(&receiver, "lf", &events, &received);
+    assert_delivered(&receiver, "tls", &events, &received, HOST);
+    assert_delivered(&receiver, "lf", &events, &received, HOST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +127,7 @@ async fn plain_tcp_target_ignores_certificates_with_a_warning() {
     };
     let relay = Relay::start(&relay_config(&tcp_destination(
         "plain",
-        receiver.tcp_port,
+        receiver.port("tcp"),
         "octet",
         true,
     )))
@@ -241,7 +154,7 @@ async fn plain_tcp_target_ignores_certificates_with_a_warning() {
     let received = receiver
         .wait_for(events.len(), Duration::from_secs(30))
         .await;
-    assert_delivered(&receiver, "tcp", &events, &received);
+    assert_delivered(&receiver, "tcp", &events, &received, HOST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +164,7 @@ async fn captured_apiserver_bodies_arrive_intact() {
     };
     let relay = Relay::start(&relay_config(&tls_destination(
         "rsyslog",
-        receiver.tls_port,
+        receiver.port("tls"),
         "octet",
     )))
     .await;
@@ -274,7 +187,7 @@ async fn captured_apiserver_bodies_arrive_intact() {
         all.extend(items);
     }
     let received = receiver.wait_for(all.len(), Duration::from_secs(30)).await;
-    assert_delivered(&receiver, "tls", &all, &received);
+    assert_delivered(&receiver, "tls", &all, &received, HOST);
     let unauthenticated = all
         .iter()
         .filter(|e| {

@@ -1,6 +1,6 @@
 //! What every record the pipeline produces must satisfy, whatever the input.
 
-use kube_audit_relay::config::{Config, Format, Framing};
+use kube_audit_relay::config::{Config, Format, Framing, Oversize};
 use kube_audit_relay::pipeline::Pipeline;
 use kube_audit_relay::syslog::{Encoder, next_frame, parse_strict};
 
@@ -16,13 +16,13 @@ pub fn check(config: &Config, body: &[u8]) {
         assert!(!record.contains(&b'\n'));
         for framing in [Framing::Octet, Framing::Lf] {
             let mut out = Vec::new();
-            Encoder::new(Format::Rfc5424, framing).stream(record, &mut out);
+            Encoder::new(Format::Rfc5424, framing, usize::MAX, Oversize::Truncate).stream(record, &mut out);
             let (used, got) = next_frame(framing, &out, usize::MAX).expect("frame").expect("complete");
             assert_eq!(used, out.len());
             assert_eq!(got, &record[..]);
         }
         let mut line = Vec::new();
-        Encoder::new(Format::Rfc5424, Framing::Lf).ndjson(record, &mut line);
+        Encoder::new(Format::Rfc5424, Framing::Lf, usize::MAX, Oversize::Truncate).ndjson(record, &mut line);
         assert_eq!(&line[..line.len() - 1], parsed.msg);
     }
 }

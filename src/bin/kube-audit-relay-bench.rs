@@ -25,7 +25,7 @@ use kube_audit_relay::config::{ByteSize, ClientAuth, Framing};
 use kube_audit_relay::syslog::{next_frame, parse_strict};
 use kube_audit_relay::tls::{ClientTlsFiles, ServerTlsFiles};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
@@ -61,7 +61,7 @@ enum Command {
         /// Server key for TLS.
         #[arg(long)]
         tls_key: Option<PathBuf>,
-        /// `octet` or `lf`.
+        /// `octet`, `lf`, or `relp` (a RELP server: every message acknowledged with 200).
         #[arg(long, default_value = "octet")]
         framing: String,
         /// Where to write the counters (JSON, rewritten twice a second).
@@ -93,9 +93,10 @@ fn main() -> anyhow::Result<()> {
             strict,
         } => {
             let framing = match framing.as_str() {
-                "octet" => Framing::Octet,
-                "lf" => Framing::Lf,
-                other => bail!("--framing {other}: use octet or lf"),
+                "octet" => SinkFraming::Syslog(Framing::Octet),
+                "lf" => SinkFraming::Syslog(Framing::Lf),
+                "relp" => SinkFraming::Relp,
+                other => bail!("--framing {other}: use octet, lf or relp"),
             };
             runtime.block_on(sink(listen, tls_cert, tls_key, framing, stats, strict))
         }
@@ -466,11 +467,20 @@ struct SinkCounters {
     last_ns: AtomicU64,
 }
 
+/// What the sink speaks.
+#[derive(Debug, Clone, Copy)]
+enum SinkFraming {
+    /// Syslog frames, no answer.
+    Syslog(Framing),
+    /// RELP: answers `open` and `close`, acknowledges each `syslog`.
+    Relp,
+}
+
 async fn sink(
     listen: SocketAddr,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
-    framing: Framing,
+    framing: SinkFraming,
     stats: PathBuf,
     strict: bool,
 ) -> anyhow::Result<()> {
@@ -512,10 +522,10 @@ async fn sink(
         tokio::spawn(async move {
             let result = match acceptor {
                 Some(a) => match a.accept(stream).await {
-                    Ok(s) => count_frames(s, framing, strict, &counters, &ids, epoch).await,
+                    Ok(s) => serve_sink(s, framing, strict, &counters, &ids, epoch).await,
                     Err(e) => Err(e.into()),
                 },
-                None => count_frames(stream, framing, strict, &counters, &ids, epoch).await,
+                None => serve_sink(stream, framing, strict, &counters, &ids, epoch).await,
             };
             if let Err(e) = result {
                 eprintln!("sink connection: {e:#}");
@@ -526,6 +536,132 @@ async fn sink(
         }
     }
     Ok(())
+}
+
+async fn serve_sink<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    framing: SinkFraming,
+    strict: bool,
+    counters: &SinkCounters,
+    ids: &std::sync::Mutex<HashSet<u64>>,
+    epoch: Instant,
+) -> anyhow::Result<()> {
+    match framing {
+        SinkFraming::Syslog(f) => count_frames(stream, f, strict, counters, ids, epoch).await,
+        SinkFraming::Relp => count_relp(stream, strict, counters, ids, epoch).await,
+    }
+}
+
+/// A RELP server that counts like [`count_frames`] and acknowledges every message.
+async fn count_relp<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    strict: bool,
+    counters: &SinkCounters,
+    ids: &std::sync::Mutex<HashSet<u64>>,
+    epoch: Instant,
+) -> anyhow::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut chunk = vec![0u8; 256 << 10];
+    let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut local_ids: Vec<u64> = Vec::with_capacity(4096);
+    loop {
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let (mut consumed, mut events, mut bytes) = (0usize, 0u64, 0u64);
+        let mut closing = false;
+        while let Some((txnr, command, data, used)) = relp_frame(&buf[consumed..])? {
+            match command {
+                b"open" => {
+                    let offers = b"200 OK\nrelp_version=0\nrelp_software=kube-audit-relay-bench\ncommands=syslog";
+                    out.extend_from_slice(format!("{txnr} rsp {} ", offers.len()).as_bytes());
+                    out.extend_from_slice(offers);
+                    out.push(b'\n');
+                }
+                b"syslog" => {
+                    if strict && let Err(e) = parse_strict(data) {
+                        counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("bad frame: {e}");
+                    }
+                    if let Some(id) = audit_id_hash(data) {
+                        local_ids.push(id);
+                    }
+                    events += 1;
+                    bytes += data.len() as u64;
+                    out.extend_from_slice(format!("{txnr} rsp 6 200 OK\n").as_bytes());
+                }
+                b"close" => {
+                    out.extend_from_slice(format!("{txnr} rsp 0\n0 serverclose 0\n").as_bytes());
+                    closing = true;
+                }
+                other => bail!("unexpected RELP command {}", String::from_utf8_lossy(other)),
+            }
+            consumed += used;
+        }
+        buf.drain(..consumed);
+        if events > 0 {
+            let now = u64::try_from(epoch.elapsed().as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let _ =
+                counters
+                    .first_ns
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            counters.last_ns.fetch_max(now, Ordering::Relaxed);
+            counters.events.fetch_add(events, Ordering::Relaxed);
+            counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if let Ok(mut set) = ids.lock() {
+                set.extend(local_ids.drain(..));
+            }
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+        if closing {
+            return Ok(());
+        }
+    }
+}
+
+/// A RELP frame: (txnr, command, data, bytes used).
+type RelpFrame<'a> = (u64, &'a [u8], &'a [u8], usize);
+
+/// One RELP frame at the start of `buf`, or `None` when more bytes are needed.
+fn relp_frame(buf: &[u8]) -> anyhow::Result<Option<RelpFrame<'_>>> {
+    let mut fields = buf.splitn(3, |&b| b == b' ');
+    let (Some(txnr), Some(command), Some(rest)) = (fields.next(), fields.next(), fields.next())
+    else {
+        return Ok(None);
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == rest.len() {
+        return Ok(None);
+    }
+    let len: usize = std::str::from_utf8(&rest[..digits])?.parse()?;
+    let header = txnr.len() + command.len() + 2 + digits;
+    let (data, end) = if len == 0 {
+        (&buf[header..header], header)
+    } else {
+        let start = header + 1;
+        match buf.get(start..start + len) {
+            Some(d) => (d, start + len),
+            None => return Ok(None),
+        }
+    };
+    match buf.get(end) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((
+            std::str::from_utf8(txnr)?.parse()?,
+            command,
+            data,
+            end + 1,
+        ))),
+        Some(_) => bail!("RELP frame without its LF trailer"),
+    }
 }
 
 fn write_stats(path: &Path, c: &SinkCounters, unique: usize) {

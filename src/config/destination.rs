@@ -21,6 +21,17 @@ pub enum Framing {
     Lf,
 }
 
+/// `oversize`: what happens to a record above the destination's `max_message_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Oversize {
+    /// Shorten it by the apiserver's own rule (drop `requestObject` and `responseObject`,
+    /// annotate `audit.k8s.io/truncated`); drop it when even that does not fit.
+    Truncate,
+    /// Drop it (counted, and its auditID logged).
+    Drop,
+}
+
 /// `format`: the syslog message format written to a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,15 +55,21 @@ pub enum Scheme {
     Http,
     /// HTTPS POST of newline-delimited JSON events.
     Https,
+    /// RELP (the receiver acknowledges every message), plain TCP.
+    Relp,
+    /// RELP over TLS.
+    RelpTls,
 }
 
 impl Scheme {
-    const ALL: [Scheme; 5] = [
+    const ALL: [Scheme; 7] = [
         Scheme::Tls,
         Scheme::Tcp,
         Scheme::Udp,
         Scheme::Http,
         Scheme::Https,
+        Scheme::Relp,
+        Scheme::RelpTls,
     ];
 
     /// The scheme as written in a URL.
@@ -63,12 +80,14 @@ impl Scheme {
             Scheme::Udp => "udp",
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Relp => "relp",
+            Scheme::RelpTls => "relp+tls",
         }
     }
 
     /// Whether the connection is encrypted (and so uses `ca`, `client_cert`, ...).
     pub fn is_tls(self) -> bool {
-        matches!(self, Scheme::Tls | Scheme::Https)
+        matches!(self, Scheme::Tls | Scheme::Https | Scheme::RelpTls)
     }
 
     /// Whether the URL carries a path (HTTP POST targets).
@@ -262,8 +281,8 @@ impl Serialize for Pin {
 pub struct DestinationConfig {
     /// Name used in logs, metrics and the cursor file.
     pub name: Name,
-    /// `tls://host:port`, `tcp://host:port`, `udp://host:port`, `http(s)://host/path` or
-    /// `stdout`.
+    /// `tls://host:port`, `tcp://host:port`, `relp://host:port`, `relp+tls://host:port`,
+    /// `udp://host:port`, `http(s)://host/path` or `stdout`.
     pub url: Endpoint,
     /// CA bundle for the receiver's certificate; the system roots when unset (TLS only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,6 +352,46 @@ pub struct DestinationConfig {
         deserialize_with = "units::size_at_least::<_, 1>"
     )]
     pub batch_bytes: ByteSize,
+    /// Largest record this receiver takes (rsyslog's `maxMessageSize`, syslog-ng's
+    /// `log-msg-size`, imrelp's `maxDataSize`), at least 480 bytes. A stored record above it
+    /// is cut for this destination only, at send time. Default: `syslog.max_message_bytes`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_message_size"
+    )]
+    pub max_message_bytes: Option<ByteSize>,
+    /// `truncate` (the apiserver's rule, the default) or `drop`, for records above
+    /// `max_message_bytes`.
+    #[serde(default = "default_oversize")]
+    pub oversize: Oversize,
+    /// RELP only: messages sent and not yet acknowledged at most. Default 128.
+    #[serde(
+        default = "default_relp_window",
+        deserialize_with = "units::int_between::<_, usize, 1, 100_000>"
+    )]
+    pub relp_window: usize,
+    /// RELP only: time allowed for the oldest outstanding message's acknowledgement; past
+    /// it the connection is reset and everything unacknowledged is sent again. Default 10s.
+    #[serde(
+        default = "default_relp_ack_timeout",
+        deserialize_with = "units::nonzero_duration",
+        serialize_with = "duration::serialize"
+    )]
+    pub relp_ack_timeout: Duration,
+}
+
+fn optional_message_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    units::size_at_least::<D, 480>(d).map(Some)
+}
+fn default_oversize() -> Oversize {
+    Oversize::Truncate
+}
+fn default_relp_window() -> usize {
+    128
+}
+fn default_relp_ack_timeout() -> Duration {
+    secs(10)
 }
 
 fn default_framing() -> Framing {
@@ -383,6 +442,10 @@ impl DestinationConfig {
             backoff_max: default_backoff_max(),
             confirm_after: default_confirm_after(),
             batch_bytes: default_batch_bytes(),
+            max_message_bytes: None,
+            oversize: default_oversize(),
+            relp_window: default_relp_window(),
+            relp_ack_timeout: default_relp_ack_timeout(),
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use destination::{DestinationConfig, Endpoint, Format, Framing, Pin, Scheme};
+pub use destination::{DestinationConfig, Endpoint, Format, Framing, Oversize, Pin, Scheme};
 pub use listen::{AdminConfig, ClientAuth, ListenConfig};
 pub use queue::{QueueConfig, QueueKind, WhenFull};
 pub use rules::{Action, FilterRule, JsonPointer, RedactRule};
@@ -266,6 +266,18 @@ impl Config {
                     ));
                 }
             }
+            if d.max_message_bytes
+                .is_some_and(|m| m > self.syslog.max_message_bytes)
+            {
+                return Err(bad(
+                    &key("max_message_bytes"),
+                    format!(
+                        "{} is above syslog.max_message_bytes ({}): no stored record is larger; raise syslog.max_message_bytes instead",
+                        d.max_message_bytes.unwrap_or(self.syslog.max_message_bytes),
+                        self.syslog.max_message_bytes
+                    ),
+                ));
+            }
             if d.backoff_max < d.backoff_initial {
                 return Err(bad(
                     &key("backoff_max"),
@@ -317,7 +329,7 @@ mod tests {
         let err = parse("[[destination]]\nname = \"a\"\nurl = \"ftp://x:1\"\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "test.toml: key `destination[0].url`: unsupported scheme `ftp` (use tls, tcp, udp, http, https or stdout) (line 3)"
+            "test.toml: key `destination[0].url`: unsupported scheme `ftp` (use tls, tcp, udp, http, https, relp, relp+tls or stdout) (line 3)"
         );
         for (text, key, reason) in [
             (

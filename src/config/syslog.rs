@@ -24,6 +24,9 @@ pub struct SyslogConfig {
     pub enterprise_id: Option<u32>,
     /// Put a UTF-8 BOM before MSG (RFC 5424 §6.4). Default false: it breaks Logstash grok.
     pub bom: bool,
+    /// Add RFC 5424's `[meta sequenceId="N"]` to every record, N assigned when it is stored
+    /// (so a resend carries the same N). Default false.
+    pub sequence_id: bool,
     /// Largest record, at least 480 bytes (the RFC 5424 minimum); larger events lose their
     /// request/response objects, then are dropped. Default 64 KiB.
     #[serde(deserialize_with = "units::size_at_least::<_, 480>")]
@@ -37,6 +40,7 @@ impl Default for SyslogConfig {
             app_name: AppName::literal("kube-apiserver"),
             enterprise_id: None,
             bom: false,
+            sequence_id: false,
             max_message_bytes: ByteSize(64 << 10),
         }
     }

@@ -111,7 +111,10 @@ pub async fn serve(
         };
         let (service, http, shutdown) = (service.clone(), http.clone(), shutdown.clone());
         connections.spawn(async move {
+            let metrics = service.metrics.clone();
+            metrics.connection_open(true);
             serve_connection(stream, peer, slot, service, http, shutdown).await;
+            metrics.connection_open(false);
         });
     }
 }

@@ -47,7 +47,7 @@ mod writer;
 
 pub use reader::DiskReader;
 
-use super::{Position, QueueError, QueueStats};
+use super::{Position, QueueError, QueueStats, Stamper};
 use crate::config::{QueueConfig, WhenFull};
 use writer::{AppendRequest, Writer};
 
@@ -165,13 +165,20 @@ impl DiskQueue {
     ///
     /// # Errors
     /// The directory cannot be created, locked or read.
-    pub async fn open(config: &QueueConfig, destinations: &[String]) -> Result<Self, QueueError> {
+    pub async fn open(
+        config: &QueueConfig,
+        destinations: &[String],
+        mut stamp: Option<Stamper>,
+    ) -> Result<Self, QueueError> {
         let dir = config.data_dir.clone();
         let names = destinations.to_vec();
-        let (shared, lock, active) =
+        let (shared, lock, active, last) =
             tokio::task::spawn_blocking(move || recover::recover(&dir, &names))
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))??;
+        if let Some(s) = &mut stamp {
+            s.resume(last.as_ref().map(|(seq, record)| (*seq, &record[..])));
+        }
         let shared = Arc::new(shared);
         let (tx, rx) = mpsc::channel(WRITE_CHANNEL);
         let writer = Writer {
@@ -181,6 +188,7 @@ impl DiskQueue {
             segment_bytes: effective_segment_bytes(config),
             broken: None,
             drop_oldest: config.when_full == WhenFull::DropOldest,
+            stamp,
         };
         // The writer logs through whatever subscriber the caller has (tests capture it).
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
@@ -341,7 +349,7 @@ mod tests {
         let mut pos = Position::default();
         while batch.len() < 40 {
             let mut b = Vec::new();
-            pos = a2.next_batch(1, &mut b).await.unwrap();
+            pos = a2.next_batch(1, usize::MAX, &mut b).await.unwrap();
             batch.extend(b);
         }
         a2.commit(pos);
@@ -435,7 +443,10 @@ mod tests {
             let mut n = 0;
             while n < 200 * 20 {
                 let mut batch = Vec::new();
-                let end = reader.next_batch(4096, &mut batch).await.unwrap();
+                let end = reader
+                    .next_batch(4096, usize::MAX, &mut batch)
+                    .await
+                    .unwrap();
                 n += batch.len();
                 reader.commit(end);
             }

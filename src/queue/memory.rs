@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{Position, QueueError, QueueStats};
+use super::{Limits, Position, QueueError, QueueStats, Stamper};
 
 #[derive(Debug)]
 struct State {
@@ -18,6 +18,7 @@ struct State {
     /// Committed sequence number per destination.
     cursors: Vec<u64>,
     closed: bool,
+    stamp: Option<Stamper>,
 }
 
 impl State {
@@ -71,7 +72,15 @@ pub struct MemoryQueue {
 
 impl MemoryQueue {
     /// A queue of at most `max_bytes` for `destinations` readers.
-    pub fn new(max_bytes: u64, destinations: usize, drop_oldest: bool) -> Self {
+    pub fn new(
+        max_bytes: u64,
+        destinations: usize,
+        drop_oldest: bool,
+        mut stamp: Option<Stamper>,
+    ) -> Self {
+        if let Some(s) = &mut stamp {
+            s.resume(None);
+        }
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -80,6 +89,7 @@ impl MemoryQueue {
                     bytes: 0,
                     cursors: vec![0; destinations],
                     closed: false,
+                    stamp,
                 }),
                 appended: Notify::new(),
                 max_bytes,
@@ -137,7 +147,18 @@ impl MemoryQueue {
             });
         }
         state.bytes += incoming;
-        state.records.extend(records);
+        let first = state.end_seq();
+        let s = &mut *state;
+        match &mut s.stamp {
+            None => s.records.extend(records),
+            Some(stamp) => {
+                for (i, record) in records.iter().enumerate() {
+                    let stamped = stamp.stamp(first + i as u64, record);
+                    s.bytes = s.bytes + stamped.len() as u64 - record.len() as u64;
+                    s.records.push_back(stamped);
+                }
+            }
+        }
         drop(state);
         self.shared.appended.notify_waiters();
         Ok(())
@@ -192,7 +213,7 @@ pub struct MemoryReader {
 }
 
 impl MemoryReader {
-    pub(super) async fn next_batch(&mut self, max_bytes: usize, out: &mut Vec<Bytes>) -> Position {
+    pub(super) async fn next_batch(&mut self, limits: Limits, out: &mut Vec<Bytes>) -> Position {
         loop {
             let notified = self.shared.appended.notified();
             tokio::pin!(notified);
@@ -203,8 +224,12 @@ impl MemoryReader {
                 if start < state.end_seq() {
                     let mut taken = 0usize;
                     let mut seq = start;
-                    for record in state.records.range((start - state.first_seq) as usize..) {
-                        if taken > 0 && taken + record.len() > max_bytes {
+                    for record in state
+                        .records
+                        .range((start - state.first_seq) as usize..)
+                        .take(limits.records)
+                    {
+                        if taken > 0 && taken + record.len() > limits.bytes {
                             break;
                         }
                         taken += record.len();

@@ -42,6 +42,27 @@ pub enum QueueError {
     Closed,
 }
 
+/// What is written into each record as it is stored, in storage order (the queue calls it
+/// under its write lock or on its writer thread): a sequence number, a hash chain. Stamping
+/// at store time makes every resend of a record carry the same bytes.
+pub trait Stamp: Send + std::fmt::Debug + 'static {
+    /// The record as it will be stored. `seq` is its place in the queue, from 0; the disk
+    /// queue continues it across restarts, the memory queue starts again at 0.
+    fn stamp(&mut self, seq: u64, record: &[u8]) -> Bytes;
+    /// The stamper's state before a group of appends, to go back to if the group fails.
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Goes back to a state from [`Stamp::save`].
+    fn restore(&mut self, _state: &[u8]) {}
+    /// Called once when the queue opens, with the last record it holds (and its place), so
+    /// that stamping continues from it.
+    fn resume(&mut self, _last: Option<(u64, &[u8])>) {}
+}
+
+/// A boxed [`Stamp`].
+pub type Stamper = Box<dyn Stamp>;
+
 /// A position in the queue: the sequence number of the next record, plus where it lives on
 /// disk (unused by the memory queue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -52,6 +73,13 @@ pub struct Position {
     pub segment: u64,
     /// Byte offset in that segment.
     pub offset: u64,
+}
+
+/// How much one read hands out at most (at least one record, whatever its size).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) bytes: usize,
+    pub(crate) records: usize,
 }
 
 /// Sizes reported to logs and metrics.
@@ -95,13 +123,26 @@ impl Queue {
     /// # Errors
     /// [`QueueError::Io`] when the data directory cannot be used.
     pub async fn open(config: &QueueConfig, destinations: &[String]) -> Result<Self, QueueError> {
+        Self::open_stamped(config, destinations, None).await
+    }
+
+    /// Like [`Queue::open`], with every record passed through `stamp` as it is stored.
+    ///
+    /// # Errors
+    /// [`QueueError::Io`] when the data directory cannot be used.
+    pub async fn open_stamped(
+        config: &QueueConfig,
+        destinations: &[String],
+        stamp: Option<Stamper>,
+    ) -> Result<Self, QueueError> {
         let backend = match config.kind {
             QueueKind::Memory => Backend::Memory(MemoryQueue::new(
                 config.max_bytes.0,
                 destinations.len(),
                 config.when_full == WhenFull::DropOldest,
+                stamp,
             )),
-            QueueKind::Disk => Backend::Disk(DiskQueue::open(config, destinations).await?),
+            QueueKind::Disk => Backend::Disk(DiskQueue::open(config, destinations, stamp).await?),
         };
         let times = AppendTimes {
             started: SystemTime::now(),
@@ -229,19 +270,24 @@ enum ReaderInner {
 
 impl Reader {
     /// Waits until at least one record is available at the read position, then moves up to
-    /// `max_bytes` of records (at least one) into `out` and returns the position after them.
-    /// Cancel safe: nothing is consumed unless the future completes.
+    /// `max_bytes` and `max_records` of records (at least one) into `out` and returns the
+    /// position after them. Cancel safe: nothing is consumed unless the future completes.
     ///
     /// # Errors
     /// [`QueueError::Io`] when a segment cannot be read.
     pub async fn next_batch(
         &mut self,
         max_bytes: usize,
+        max_records: usize,
         out: &mut Vec<Bytes>,
     ) -> Result<Position, QueueError> {
+        let limits = Limits {
+            bytes: max_bytes,
+            records: max_records.max(1),
+        };
         match &mut self.inner {
-            ReaderInner::Memory(r) => Ok(r.next_batch(max_bytes, out).await),
-            ReaderInner::Disk(r) => r.next_batch(max_bytes, out).await,
+            ReaderInner::Memory(r) => Ok(r.next_batch(limits, out).await),
+            ReaderInner::Disk(r) => r.next_batch(limits, out).await,
         }
     }
 
@@ -307,7 +353,12 @@ pub(crate) mod tests {
         let mut last = None;
         while !reader.caught_up() {
             let mut batch = Vec::new();
-            last = Some(reader.next_batch(1000, &mut batch).await.unwrap());
+            last = Some(
+                reader
+                    .next_batch(1000, usize::MAX, &mut batch)
+                    .await
+                    .unwrap(),
+            );
             out.extend(
                 batch
                     .iter()

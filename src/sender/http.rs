@@ -10,9 +10,8 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Duration;
 
 use super::connect::Stream;
-use super::{End, Session};
+use super::{Encoding, End, Session};
 use crate::queue::Position;
-use crate::syslog::Encoder;
 
 /// An HTTP(S) receiver's path and the settings of its POSTs.
 #[derive(Debug, Clone)]
@@ -21,8 +20,8 @@ pub struct HttpSettings {
     pub authority: String,
     /// Request path.
     pub path: String,
-    /// How the events are written (MSG per line).
-    pub encoder: Encoder,
+    /// How the events are written (MSG per line) and their size limit.
+    pub encoding: Encoding,
     /// Deadline of one POST and its answer.
     pub write_timeout: Duration,
     /// Bytes per batch at most (sizes the body).
@@ -58,8 +57,11 @@ impl HttpSession {
 impl Session for HttpSession {
     async fn send(&mut self, records: &[Bytes], end: Position) -> Result<(), End> {
         let mut body = Vec::with_capacity(self.settings.batch_bytes + 1024);
+        let count = self.settings.encoding.first_time(end);
         for record in records {
-            self.settings.encoder.ndjson(record, &mut body);
+            if let Some(message) = self.settings.encoding.prepare(record, count) {
+                self.settings.encoding.encoder.ndjson(&message, &mut body);
+            }
         }
         let request = hyper::Request::post(self.settings.path.as_str())
             .header(hyper::header::HOST, self.settings.authority.as_str())

@@ -11,9 +11,11 @@
 
 pub mod connect;
 pub mod http;
+pub mod relp;
 pub mod stream;
 pub mod udp;
 
+use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,8 @@ use crate::config::{DestinationConfig, Endpoint, Name, Scheme};
 use crate::metrics::{DestinationMetrics, Metrics, Side};
 use crate::queue::{Position, QueueError, Reader};
 use crate::syslog::Encoder;
+use crate::syslog::convert::audit_id;
+use crate::syslog::encode::Prepared;
 use crate::tls::{self, ClientTlsFiles, ReloadingClientConfig};
 use connect::{ClientTls, ConnectError, Connector};
 use stream::{NetworkSession, StdoutSession, StreamSettings};
@@ -62,6 +66,64 @@ pub enum End {
     /// An HTTP receiver refused a batch.
     #[error("receiver answered HTTP {0}")]
     HttpStatus(u16),
+    /// The RELP receiver refused a message, closed the session or broke the protocol.
+    #[error("RELP: {0}")]
+    Relp(#[from] relp::RelpError),
+}
+
+/// A destination's encoder, with what it needs to count and log the records it cuts or drops.
+#[derive(Debug, Clone)]
+pub struct Encoding {
+    /// Format, framing, size limit.
+    pub encoder: Encoder,
+    /// The destination, for log lines.
+    pub name: Name,
+    /// Where cuts and drops are counted.
+    pub gauges: DestinationMetrics,
+    /// The queue position up to which batches were prepared before: a batch sent again after
+    /// a reconnect is not counted (or logged) twice. Shared by the destination's sessions.
+    prepared_through: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Encoding {
+    /// An encoding for destination `name`.
+    pub fn new(encoder: Encoder, name: Name, gauges: DestinationMetrics) -> Self {
+        Self {
+            encoder,
+            name,
+            gauges,
+            prepared_through: Arc::default(),
+        }
+    }
+
+    /// Whether a batch ending at `end` is sent for the first time (and so counted).
+    pub fn first_time(&self, end: Position) -> bool {
+        self.prepared_through
+            .fetch_max(end.seq, std::sync::atomic::Ordering::Relaxed)
+            < end.seq
+    }
+
+    /// The record ready for this destination, or `None` when it does not fit (counted, and
+    /// its auditID logged, when `count`).
+    pub fn prepare<'a>(&self, record: &'a [u8], count: bool) -> Option<Cow<'a, [u8]>> {
+        match self.encoder.prepare(record) {
+            Prepared::Whole(message) => Some(message),
+            Prepared::Truncated(short) => {
+                if count {
+                    self.gauges.truncated();
+                }
+                Some(Cow::Owned(short))
+            }
+            Prepared::Dropped => {
+                if count {
+                    self.gauges.too_large();
+                    tracing::error!(destination = %self.name, audit_id = audit_id(record).unwrap_or("?"), bytes = record.len(),
+                        "event not sent to this destination: above its max_message_bytes");
+                }
+                None
+            }
+        }
+    }
 }
 
 /// One connection's worth of delivery, as every transport provides it.
@@ -74,9 +136,9 @@ pub(crate) trait Session {
     async fn send(&mut self, records: &[Bytes], end: Position) -> Result<(), End>;
     /// The end of the next batch the receiver is known to have.
     async fn confirmed(&mut self) -> Result<Position, End>;
-    /// Whether another batch may be sent before earlier ones are confirmed.
-    fn ready(&self) -> bool {
-        true
+    /// How many more records may be sent before earlier ones are confirmed (a window).
+    fn room(&self) -> usize {
+        usize::MAX
     }
     /// Orderly end once everything is sent (drain): the position to commit last, if any.
     async fn close(self) -> Result<Option<Position>, End>;
@@ -93,6 +155,8 @@ enum Transport {
     Udp(udp::Target),
     /// `http://`, `https://`.
     Http(Connector, http::HttpSettings),
+    /// `relp://`, `relp+tls://`.
+    Relp(Connector, relp::RelpSettings),
 }
 
 /// The two stop signals of a sender: `drain` asks it to finish once the queue is delivered,
@@ -132,15 +196,22 @@ impl Destination {
     /// [`DestinationError`] when the TLS files are unusable.
     pub fn new(
         config: &DestinationConfig,
+        syslog_max: crate::config::ByteSize,
         reader: Reader,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DestinationError> {
-        let encoder = Encoder::new(config.format, config.framing);
+        let gauges = metrics.destination(&config.name);
+        let max_message = config.max_message_bytes.unwrap_or(syslog_max).as_usize();
+        let encoding = Encoding::new(
+            Encoder::new(config.format, config.framing, max_message, config.oversize),
+            config.name.clone(),
+            gauges.clone(),
+        );
         let batch_bytes = config.batch_bytes.as_usize();
         let transport = match &config.url {
             Endpoint::Stdout => Transport::Stream(
                 stream::Target::Stdout,
-                stream_settings(config, encoder, batch_bytes),
+                stream_settings(config, encoding, batch_bytes),
             ),
             Endpoint::Network {
                 scheme,
@@ -174,28 +245,41 @@ impl Destination {
                 match scheme {
                     Scheme::Tcp | Scheme::Tls => Transport::Stream(
                         stream::Target::Network(connector),
-                        stream_settings(config, encoder, batch_bytes),
+                        stream_settings(config, encoding, batch_bytes),
                     ),
                     Scheme::Udp => Transport::Udp(udp::Target {
                         host: host.clone(),
                         port: *port,
-                        encoder,
-                        max_datagram: config.max_datagram_bytes.as_usize(),
+                        encoding: Encoding {
+                            encoder: encoding
+                                .encoder
+                                .with_max(config.max_datagram_bytes.as_usize()),
+                            ..encoding.clone()
+                        },
                     }),
                     Scheme::Http | Scheme::Https => {
                         let settings = http::HttpSettings {
                             authority: connector.authority(),
                             path: path.clone(),
-                            encoder,
+                            encoding,
                             write_timeout: config.write_timeout,
                             batch_bytes,
                         };
                         Transport::Http(connector, settings)
                     }
+                    Scheme::Relp | Scheme::RelpTls => {
+                        let settings = relp::RelpSettings {
+                            encoding,
+                            window: config.relp_window,
+                            ack_timeout: config.relp_ack_timeout,
+                            write_timeout: config.write_timeout,
+                            batch_bytes,
+                        };
+                        Transport::Relp(connector, settings)
+                    }
                 }
             }
         };
-        let gauges = metrics.destination(&config.name);
         gauges.set_backlog(reader.backlog());
         Ok(Self {
             name: config.name.clone(),
@@ -259,19 +343,31 @@ impl Destination {
     async fn connect_and_deliver(&mut self, signals: &StopSignals) -> Result<(), End> {
         match &self.transport {
             Transport::Stream(stream::Target::Stdout, settings) => {
-                let session = StdoutSession::stdout(*settings);
+                let session = StdoutSession::stdout(settings.clone());
                 self.deliver(session, signals).await
             }
             Transport::Stream(stream::Target::Network(_), settings) => {
-                let settings = *settings;
+                let settings = settings.clone();
                 let stream = self.connect(signals).await?;
                 let tls = if stream.is_tls() { " (TLS)" } else { "" };
                 tracing::info!(destination = %self.name, url = %self.url, "connected{tls}");
                 self.deliver(NetworkSession::network(stream, settings), signals)
                     .await
             }
+            Transport::Relp(_, settings) => {
+                let settings = settings.clone();
+                let stream = self.connect(signals).await?;
+                let tls = if stream.is_tls() {
+                    " (RELP over TLS)"
+                } else {
+                    " (RELP)"
+                };
+                let session = relp::RelpSession::open(stream, settings).await?;
+                tracing::info!(destination = %self.name, url = %self.url, "connected{tls}");
+                self.deliver(session, signals).await
+            }
             Transport::Udp(target) => {
-                let session = target.open(&self.name, &self.metrics).await?;
+                let session = target.open().await?;
                 tracing::info!(destination = %self.name, url = %self.url, "sending datagrams");
                 self.deliver(session, signals).await
             }
@@ -289,7 +385,7 @@ impl Destination {
     async fn connect(&mut self, signals: &StopSignals) -> Result<connect::Stream, End> {
         let connector: &mut Connector = match &mut self.transport {
             Transport::Stream(stream::Target::Network(c), _) => c,
-            Transport::Http(c, _) => c,
+            Transport::Http(c, _) | Transport::Relp(c, _) => c,
             _ => return Err(End::Io(io::Error::other("transport has no connector"))),
         };
         connector.connect(&signals.stop).await.map_err(|e| {
@@ -316,6 +412,7 @@ impl Destination {
                 }
                 return Ok(());
             }
+            let room = session.room();
             tokio::select! {
                 biased;
                 _ = signals.stop.cancelled() => {
@@ -323,7 +420,7 @@ impl Destination {
                     return Ok(());
                 }
                 confirmed = session.confirmed() => self.commit(confirmed?),
-                next = self.reader.next_batch(self.retry.batch_bytes, &mut batch), if session.ready() => {
+                next = self.reader.next_batch(self.retry.batch_bytes, room, &mut batch), if room > 0 => {
                     let end = next.map_err(End::Queue)?;
                     let sent = session.send(&batch, end).await;
                     batch.clear();
@@ -347,11 +444,11 @@ impl Destination {
 
 fn stream_settings(
     config: &DestinationConfig,
-    encoder: Encoder,
+    encoding: Encoding,
     batch_bytes: usize,
 ) -> StreamSettings {
     StreamSettings {
-        encoder,
+        encoding,
         confirm_after: config.confirm_after,
         write_timeout: config.write_timeout,
         batch_bytes,

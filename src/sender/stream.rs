@@ -14,9 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::connect::{Connector, Stream};
-use super::{End, Session};
+use super::{Encoding, End, Session};
 use crate::queue::Position;
-use crate::syslog::Encoder;
 
 /// Where a stream destination writes.
 #[derive(Debug)]
@@ -32,10 +31,10 @@ pub enum Target {
 }
 
 /// Settings of a stream session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StreamSettings {
-    /// Format and framing.
-    pub encoder: Encoder,
+    /// Format, framing and size limit.
+    pub encoding: Encoding,
     /// How long written records must stay on a healthy connection.
     pub confirm_after: Duration,
     /// Deadline of one batch write.
@@ -83,9 +82,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> StreamSession<R, W> {
             rd,
             wr,
             watch_peer,
+            buf: Vec::with_capacity(settings.batch_bytes + 1024),
             settings,
             pending: VecDeque::new(),
-            buf: Vec::with_capacity(settings.batch_bytes + 1024),
             scratch: [0; 512],
         }
     }
@@ -94,8 +93,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> StreamSession<R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session for StreamSession<R, W> {
     async fn send(&mut self, records: &[Bytes], end: Position) -> Result<(), End> {
         self.buf.clear();
+        let count = self.settings.encoding.first_time(end);
         for record in records {
-            self.settings.encoder.stream(record, &mut self.buf);
+            if let Some(message) = self.settings.encoding.prepare(record, count) {
+                self.settings
+                    .encoding
+                    .encoder
+                    .frame(&message, &mut self.buf);
+            }
         }
         let write = async {
             self.wr.write_all(&self.buf).await?;

@@ -3,16 +3,12 @@
 //! are shortened by the apiserver's truncation rule, or dropped and counted.
 
 use std::io;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 
-use super::{End, Session};
-use crate::config::Name;
-use crate::metrics::Metrics;
+use super::{Encoding, End, Session};
 use crate::queue::Position;
-use crate::syslog::Encoder;
 
 /// A UDP receiver.
 #[derive(Debug)]
@@ -21,10 +17,9 @@ pub struct Target {
     pub host: String,
     /// Port.
     pub port: u16,
-    /// Format (framing does not apply: one record per datagram).
-    pub encoder: Encoder,
-    /// Largest datagram.
-    pub max_datagram: usize,
+    /// Format and size limit (the smaller of `max_message_bytes` and `max_datagram_bytes`);
+    /// framing does not apply: one record per datagram.
+    pub encoding: Encoding,
 }
 
 impl Target {
@@ -32,7 +27,7 @@ impl Target {
     ///
     /// # Errors
     /// When the name does not resolve or the socket cannot be opened.
-    pub async fn open(&self, name: &Name, metrics: &Arc<Metrics>) -> Result<DatagramSession, End> {
+    pub async fn open(&self) -> Result<DatagramSession, End> {
         let target = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(End::Io)?
@@ -47,10 +42,7 @@ impl Target {
         socket.connect(target).await.map_err(End::Io)?;
         Ok(DatagramSession {
             socket,
-            encoder: self.encoder,
-            max: self.max_datagram,
-            name: name.clone(),
-            metrics: metrics.clone(),
+            encoding: self.encoding.clone(),
             sent: None,
         })
     }
@@ -59,27 +51,23 @@ impl Target {
 /// A socket connected to the receiver.
 pub struct DatagramSession {
     socket: UdpSocket,
-    encoder: Encoder,
-    max: usize,
-    name: Name,
-    metrics: Arc<Metrics>,
+    encoding: Encoding,
     /// The end of the last batch handed to the kernel, not yet confirmed.
     sent: Option<Position>,
 }
 
 impl Session for DatagramSession {
     async fn send(&mut self, records: &[Bytes], end: Position) -> Result<(), End> {
+        let count = self.encoding.first_time(end);
         for record in records {
-            let Some(datagram) = self.encoder.datagram(record, self.max) else {
-                tracing::error!(destination = %self.name, bytes = record.len(), "record above max_datagram_bytes even after truncation; dropped");
-                self.metrics.dropped("datagram_too_large", 1);
+            let Some(datagram) = self.encoding.prepare(record, count) else {
                 continue;
             };
             match self.socket.send(&datagram).await {
                 Ok(_) => {}
                 // An ICMP "port unreachable" from an earlier datagram; UDP cannot tell more.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::debug!(destination = %self.name, "receiver port unreachable");
+                    tracing::debug!(destination = %self.encoding.name, "receiver port unreachable");
                 }
                 Err(e) => return Err(End::Io(e)),
             }

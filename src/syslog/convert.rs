@@ -21,6 +21,8 @@ pub struct Fields<'a> {
     pub hostname: &'a [u8],
     /// APP-NAME.
     pub app_name: &'a [u8],
+    /// Where STRUCTURED-DATA (`-` or the elements) lies in the record.
+    pub sd: std::ops::Range<usize>,
     /// Offset of MSG in the record (the record's length when it has none).
     pub msg_start: usize,
 }
@@ -44,6 +46,7 @@ pub fn fields(record: &[u8]) -> Option<Fields<'_>> {
     let app_name = next(&mut at)?;
     let _procid = next(&mut at)?;
     let _msgid = next(&mut at)?;
+    let sd_start = at;
     let sd_end = at + structured_data_len(record.get(at..)?)?;
     let msg_start = match record.get(sd_end) {
         None => record.len(),
@@ -55,6 +58,7 @@ pub fn fields(record: &[u8]) -> Option<Fields<'_>> {
         timestamp,
         hostname,
         app_name,
+        sd: sd_start..sd_end,
         msg_start,
     })
 }
@@ -88,6 +92,20 @@ fn structured_data_len(sd: &[u8]) -> Option<usize> {
     (i > 0).then_some(i)
 }
 
+/// The record with the SD-ELEMENT `element` (`[id param="value"...]`) added first to its
+/// STRUCTURED-DATA (replacing a `-`). `None` when `record` is not RFC 5424.
+pub fn add_sd_element(record: &[u8], element: &[u8]) -> Option<Vec<u8>> {
+    let sd = fields(record)?.sd;
+    let mut out = Vec::with_capacity(record.len() + element.len());
+    out.extend_from_slice(&record[..sd.start]);
+    out.extend_from_slice(element);
+    if record.get(sd.clone()) != Some(b"-") {
+        out.extend_from_slice(&record[sd.start..sd.end]);
+    }
+    out.extend_from_slice(&record[sd.end..]);
+    Some(out)
+}
+
 /// `<PRI>Mmm dd hh:mm:ss HOSTNAME TAG: MSG` from an RFC 5424 record (RFC 3164 §4.1). The
 /// timestamp keeps the record's UTC time without year and fraction, as RFC 3164 has no room
 /// for them; TAG is the APP-NAME cut to 32 characters. `None` if `record` is not RFC 5424.
@@ -117,18 +135,34 @@ pub fn to_rfc3164(record: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Shortens a record to at most `max` bytes by dropping the event's request and response
-/// objects (the apiserver's rule). `None` when it cannot be made to fit.
-pub fn fit(record: &[u8], max: usize) -> Option<Vec<u8>> {
-    if record.len() <= max {
-        return Some(record.to_vec());
-    }
+/// The record with its event shortened by the apiserver's rule (request and response
+/// objects dropped, `audit.k8s.io/truncated` set); the header is kept as it is. `None` when
+/// the MSG is not an event object.
+pub fn truncate_record(record: &[u8]) -> Option<Vec<u8>> {
     let at = msg_start(record)?;
     let short = truncate_event(std::str::from_utf8(&record[at..]).ok()?)?;
     let mut out = Vec::with_capacity(at + short.len());
     out.extend_from_slice(&record[..at]);
     out.extend_from_slice(short.as_bytes());
-    (out.len() <= max).then_some(out)
+    Some(out)
+}
+
+/// Shortens a record to at most `max` bytes by the apiserver's rule. `None` when it cannot
+/// be made to fit.
+pub fn fit(record: &[u8], max: usize) -> Option<Vec<u8>> {
+    if record.len() <= max {
+        return Some(record.to_vec());
+    }
+    truncate_record(record).filter(|out| out.len() <= max)
+}
+
+/// The event's `auditID`, found in MSG without parsing the JSON (for log lines).
+pub fn audit_id(record: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"auditID\":\"";
+    let msg = &record[msg_start(record)?..];
+    let start = msg.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = msg[start..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&msg[start..start + len]).ok()
 }
 
 #[cfg(test)]
@@ -151,6 +185,35 @@ mod tests {
         assert_eq!(&r[f.msg_start..], b"{\"m\":1}");
         assert_eq!(msg_start(b"<1>1 - h a - m -"), Some(16));
         assert_eq!(fields(b"<1>1 - h a - m [x"), None);
+    }
+
+    #[test]
+    fn sd_elements_are_added_first() {
+        assert_eq!(
+            add_sd_element(b"<1>1 - h a - m - {}", b"[meta sequenceId=\"7\"]").unwrap(),
+            b"<1>1 - h a - m [meta sequenceId=\"7\"] {}"
+        );
+        assert_eq!(
+            add_sd_element(
+                b"<1>1 - h a - m [x@1 k=\"v\"] {}",
+                b"[meta sequenceId=\"7\"]"
+            )
+            .unwrap(),
+            b"<1>1 - h a - m [meta sequenceId=\"7\"][x@1 k=\"v\"] {}"
+        );
+        assert_eq!(
+            add_sd_element(b"<1>1 - h a - m -", b"[meta sequenceId=\"1\"]").unwrap(),
+            b"<1>1 - h a - m [meta sequenceId=\"1\"]"
+        );
+    }
+
+    #[test]
+    fn audit_ids_are_found_in_msg() {
+        assert_eq!(
+            audit_id(b"<1>1 - h a - m [x@1 k=\"auditID\"] {\"stage\":\"S\",\"auditID\":\"id-1\"}"),
+            Some("id-1")
+        );
+        assert_eq!(audit_id(b"<1>1 - h a - m - {}"), None);
     }
 
     #[test]

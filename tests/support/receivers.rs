@@ -34,12 +34,9 @@ pub enum PeerAuth {
 pub struct Receiver {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
-    /// TLS listener (octet-counted).
-    pub tls_port: u16,
-    /// Plain TCP listener (octet-counted; rsyslog also auto-detects LF).
-    pub tcp_port: u16,
-    /// syslog-ng only: LF-framed `network()` listener.
-    pub lf_port: Option<u16>,
+    /// Its listeners by name (`tls`, `tcp`, `lf`, `relp`, `relp_tls`), as its config names
+    /// them in the `listener` field of each message it writes.
+    ports: Vec<(&'static str, u16)>,
     pub kind: &'static str,
     start: Box<StartFn>,
 }
@@ -56,7 +53,7 @@ fn template(name: &str, values: &[(&str, String)]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy/receivers")
         .join(name);
-    let mut text = std::fs::read_to_string(path).unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| name.to_owned());
     for (key, value) in values {
         text = text.replace(key, value);
     }
@@ -116,7 +113,83 @@ impl Receiver {
                 .stderr(std::fs::File::create(dir.join("rsyslogd.err"))?)
                 .spawn()
         };
-        Some(Receiver::launch(dir, "rsyslog", 2, Box::new(configure), Box::new(start)).await)
+        Some(
+            Receiver::launch(
+                dir,
+                "rsyslog",
+                &["tls", "tcp"],
+                Box::new(configure),
+                Box::new(start),
+            )
+            .await,
+        )
+    }
+
+    /// A private rsyslog with `imrelp` (the shipped `deploy/receivers/rsyslog-relp.conf`:
+    /// RELP plain and TLS with a required client certificate, Direct queues), or `None`
+    /// (after the skip/fail rule) when rsyslogd or imrelp is missing.
+    pub async fn rsyslog_relp() -> Option<Receiver> {
+        Self::rsyslog_with("rsyslog-relp.conf", &["relp", "relp_tls"], |_| Vec::new()).await
+    }
+
+    /// A private rsyslog running `conf` from `deploy/receivers/` (or, when `conf` is not a
+    /// file there, the text `conf` itself) with listeners `names`; `extra` gives more
+    /// placeholders for a port set.
+    pub async fn rsyslog_with(
+        conf: &'static str,
+        names: &[&'static str],
+        extra: impl Fn(&[u16]) -> Vec<(&'static str, String)> + Send + 'static,
+    ) -> Option<Receiver> {
+        let bin = std::env::var("KAR_RSYSLOGD").unwrap_or_else(|_| "/usr/sbin/rsyslogd".into());
+        let has = |module: &str| {
+            std::fs::read_dir("/usr/lib")
+                .ok()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| d.path().join("rsyslog").join(module).exists())
+        };
+        if !Path::new(&bin).exists() || !has("imrelp.so") || !has("lmnsd_ossl.so") {
+            missing_receiver("rsyslogd with imrelp (rsyslog-relp) and rsyslog-openssl");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        let d = dir.path().display().to_string();
+        let names_owned: Vec<&'static str> = names.to_vec();
+        let configure = move |dir: &Path, p: &[u16]| {
+            let mut values = vec![
+                ("@DIR@", d.clone()),
+                ("@CA@", cert("ca.crt")),
+                ("@CERT@", cert("server.crt")),
+                ("@KEY@", cert("server.key")),
+            ];
+            for (name, port) in names_owned.iter().zip(p) {
+                let key: &'static str = match *name {
+                    "relp" => "@RELP_PORT@",
+                    "relp_tls" => "@RELP_TLS_PORT@",
+                    "tcp" => "@TCP_PORT@",
+                    "tls" => "@TLS_PORT@",
+                    other => panic!("no placeholder for {other}"),
+                };
+                values.push((key, port.to_string()));
+            }
+            values.extend(extra(p));
+            std::fs::write(dir.join("rsyslog.conf"), template(conf, &values)).unwrap();
+        };
+        let start = move |dir: &Path| {
+            Command::new(&bin)
+                .arg("-n")
+                .arg("-f")
+                .arg(dir.join("rsyslog.conf"))
+                .arg("-i")
+                .arg(dir.join("rsyslogd.pid"))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("rsyslogd.out"))?)
+                .stderr(std::fs::File::create(dir.join("rsyslogd.err"))?)
+                .spawn()
+        };
+        Some(Receiver::launch(dir, "rsyslog", names, Box::new(configure), Box::new(start)).await)
     }
 
     /// A private syslog-ng, or `None` (after the skip/fail rule) when it is missing.
@@ -178,26 +251,33 @@ impl Receiver {
             }
             cmd.spawn()
         };
-        Some(Receiver::launch(dir, "syslog-ng", 3, Box::new(configure), Box::new(start)).await)
+        Some(
+            Receiver::launch(
+                dir,
+                "syslog-ng",
+                &["tls", "tcp", "lf"],
+                Box::new(configure),
+                Box::new(start),
+            )
+            .await,
+        )
     }
 
     /// Starts a receiver on `n` fresh ports, trying new ones when another process holds one.
     async fn launch(
         mut dir: tempfile::TempDir,
         kind: &'static str,
-        n: usize,
+        names: &[&'static str],
         configure: Box<ConfigureFn>,
         mut start: Box<StartFn>,
     ) -> Receiver {
         for _ in 0..5 {
-            let p = ports::pick(n);
+            let p = ports::pick(names.len());
             configure(dir.path(), &p);
             let mut r = Receiver {
                 child: None,
                 dir,
-                tls_port: p[0],
-                tcp_port: p[1],
-                lf_port: p.get(2).copied(),
+                ports: names.iter().copied().zip(p).collect(),
                 kind,
                 start,
             };
@@ -220,9 +300,16 @@ impl Receiver {
     }
 
     fn ports(&self) -> Vec<u16> {
-        let mut p = vec![self.tls_port, self.tcp_port];
-        p.extend(self.lf_port);
-        p
+        self.ports.iter().map(|(_, p)| *p).collect()
+    }
+
+    /// The port of listener `name`.
+    pub fn port(&self, name: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("{} has no {name} listener", self.kind))
     }
 
     /// Starts the process; true once it listens on all its ports itself.
@@ -299,9 +386,11 @@ impl Receiver {
     }
 
     /// Parsed messages so far.
+    /// Parsed messages so far: complete lines only (the receiver may be writing the last one).
     pub fn messages(&self) -> Vec<Received> {
-        std::fs::read_to_string(self.path("messages.jsonl"))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.path("messages.jsonl")).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .filter(|l| !l.is_empty())
             .map(|l| {
@@ -324,9 +413,13 @@ impl Receiver {
     }
 
     /// `auditID` of every message received so far (with repeats).
+    /// A receiver killed with -9 in the middle of a write leaves a torn line (and the next
+    /// start appends to it): such a line counts as not delivered.
     pub fn audit_ids(&self) -> Vec<String> {
-        self.messages()
-            .iter()
+        std::fs::read_to_string(self.path("messages.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Received>(l).ok())
             .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.msg).ok())
             .filter_map(|v| v["auditID"].as_str().map(str::to_owned))
             .collect()

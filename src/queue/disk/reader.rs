@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::format::{self, Decoded, RECORD_HEADER, SEGMENT_HEADER};
 use super::{Segment, Shared};
-use crate::queue::{Position, QueueError};
+use crate::queue::{Limits, Position, QueueError};
 
 /// One destination's cursor into a [`super::DiskQueue`].
 #[derive(Debug)]
@@ -26,7 +26,7 @@ pub struct DiskReader {
 impl DiskReader {
     pub(in crate::queue) async fn next_batch(
         &mut self,
-        max_bytes: usize,
+        limits: Limits,
         out: &mut Vec<Bytes>,
     ) -> Result<Position, QueueError> {
         loop {
@@ -42,7 +42,7 @@ impl DiskReader {
                 // Reads are small and usually served from the page cache; doing them inline
                 // keeps the reader simple and cancel safe (nothing is consumed across an await).
                 let (before, position) = (out.len(), self.read);
-                self.read_some(&durable, &segments, max_bytes, out)?;
+                self.read_some(&durable, &segments, limits, out)?;
                 if out.len() > before {
                     return Ok(self.read);
                 }
@@ -58,10 +58,12 @@ impl DiskReader {
         &mut self,
         durable: &Position,
         segments: &BTreeMap<u64, Segment>,
-        max_bytes: usize,
+        limits: Limits,
         out: &mut Vec<Bytes>,
     ) -> Result<(), QueueError> {
+        let max_bytes = limits.bytes;
         let mut taken = 0usize;
+        let first = out.len();
         loop {
             let limit = if self.read.segment == durable.segment {
                 durable.offset
@@ -133,7 +135,7 @@ impl DiskReader {
                 self.read.offset += size;
                 self.read.seq += 1;
                 at += size as usize;
-                if taken >= max_bytes {
+                if taken >= max_bytes || out.len() - first >= limits.records {
                     return Ok(());
                 }
             }

@@ -24,6 +24,8 @@ struct Scan {
     end: (u64, u64),
     /// Records with a bad CRC before `end`, and before `good_end`.
     bad: (u64, u64),
+    /// Offset, size and sequence number of the last good record.
+    last_good: Option<(u64, u64, u64)>,
 }
 
 /// Reads a segment's records with [`format::decode`], a chunk at a time.
@@ -39,6 +41,7 @@ fn scan(file: &File, file_len: u64, start_seq: u64) -> io::Result<Scan> {
         good_end: (offset, seq),
         end: (offset, seq),
         bad: (0, 0),
+        last_good: None,
     };
     let mut chunk = bytes::Bytes::new();
     let mut at = 0usize;
@@ -61,6 +64,7 @@ fn scan(file: &File, file_len: u64, start_seq: u64) -> io::Result<Scan> {
         seq += 1;
         at += size as usize;
         if matches!(decoded, Decoded::Good { .. }) {
+            s.last_good = Some((offset - size, size, seq - 1));
             s.good_end = (offset, seq);
             s.bad.1 = s.bad.0;
         } else {
@@ -71,12 +75,15 @@ fn scan(file: &File, file_len: u64, start_seq: u64) -> io::Result<Scan> {
     Ok(s)
 }
 
+/// The last record the queue holds, with its sequence number.
+pub(super) type LastRecord = Option<(u64, Vec<u8>)>;
+
 /// Scans the directory, truncates a torn tail, loads cursors; returns the shared state, the
-/// directory lock and the active segment open for appending.
+/// directory lock, the active segment open for appending and the last record.
 pub(super) fn recover(
     dir: &Path,
     names: &[String],
-) -> Result<(Shared, File, ActiveSegment), QueueError> {
+) -> Result<(Shared, File, ActiveSegment, LastRecord), QueueError> {
     create_private_dir(dir)?;
     let lock = OpenOptions::new()
         .create(true)
@@ -99,6 +106,7 @@ pub(super) fn recover(
     let mut segments = BTreeMap::new();
     let mut end = Position::default();
     let last = ids.last().copied();
+    let mut last_record: Option<(u64, u64, u64, u64)> = None;
     for id in ids {
         let path = format::segment_path(dir, id);
         let file = File::open(&path)?;
@@ -132,6 +140,9 @@ pub(super) fn recover(
         }
         if bad > 0 {
             tracing::error!(segment = %path.display(), records = bad, "queue records failed their CRC and will be skipped");
+        }
+        if let Some((at, size, seq)) = found.last_good.filter(|(at, _, _)| *at < offset) {
+            last_record = Some((id, at, size, seq));
         }
         segments.insert(
             id,
@@ -197,7 +208,15 @@ pub(super) fn recover(
         skipped_records: AtomicU64::new(0),
         dropped_oldest: AtomicU64::new(0),
     };
-    Ok((shared, lock, active))
+    let last_record = match last_record {
+        Some((id, at, size, seq)) => {
+            let file = File::open(format::segment_path(dir, id))?;
+            let record = format::read_at(&file, at, size)?;
+            Some((seq, record[format::RECORD_HEADER as usize..].to_vec()))
+        }
+        None => None,
+    };
+    Ok((shared, lock, active, last_record))
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {

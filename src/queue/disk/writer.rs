@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, RECORD_HEADER, SEGMENT_HEADER};
 use super::{Segment, Shared};
-use crate::queue::{Position, QueueError};
+use crate::queue::{Position, QueueError, Stamper};
 
 /// Records to append as one unit, and where to say whether they are durable.
 pub(super) type AppendRequest = (Vec<Bytes>, oneshot::Sender<Result<(), QueueError>>);
@@ -27,6 +27,8 @@ pub(super) struct Writer {
     pub(super) broken: Option<String>,
     /// `when_full = "drop_oldest"`.
     pub(super) drop_oldest: bool,
+    /// What is written into each record as it is stored.
+    pub(super) stamp: Option<Stamper>,
 }
 
 /// The segment being appended to.
@@ -39,12 +41,13 @@ pub(super) struct ActiveSegment {
 }
 
 /// Where the queue stood before a group, to roll back to if the group fails.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Checkpoint {
     segment: u64,
     first_seq: u64,
     len: u64,
     durable: Position,
+    stamp: Vec<u8>,
 }
 
 impl ActiveSegment {
@@ -130,6 +133,7 @@ impl Writer {
             first_seq: self.file.first_seq,
             len: self.file.len,
             durable: self.shared.lock().durable,
+            stamp: self.stamp.as_ref().map(|s| s.save()).unwrap_or_default(),
         };
         let mut accepted = Vec::with_capacity(group.len());
         let mut result: Result<Position, io::Error> = Ok(start.durable);
@@ -260,6 +264,14 @@ impl Writer {
     ) -> io::Result<u64> {
         let mut written = 0;
         for record in records {
+            let stamped;
+            let record: &[u8] = match &mut self.stamp {
+                Some(stamp) => {
+                    stamped = stamp.stamp(end.seq, record);
+                    &stamped
+                }
+                None => record,
+            };
             let len = record.len() as u64;
             if self.file.len > SEGMENT_HEADER
                 && self.file.len + RECORD_HEADER + len > self.segment_bytes
@@ -286,6 +298,9 @@ impl Writer {
     /// Undoes a failed group: the active segment is cut back to its last durable length so
     /// that nothing unacknowledged is ever read or recovered.
     fn roll_back(&mut self, start: Checkpoint, rolled: &[(u64, Segment)]) {
+        if let Some(stamp) = &mut self.stamp {
+            stamp.restore(&start.stamp);
+        }
         let dir = self.shared.dir.clone();
         let undo = || -> io::Result<ActiveSegment> {
             for (new_id, _) in rolled.iter().filter(|(i, _)| *i != start.segment) {
