@@ -43,6 +43,9 @@ pub enum RunError {
     /// A destination cannot be set up.
     #[error("{0}")]
     Destination(#[from] sender::DestinationError),
+    /// The integrity trail cannot start.
+    #[error("{0}")]
+    Integrity(#[from] crate::integrity::IntegrityError),
     /// `listen.token_file` cannot be read.
     #[error("listen.token_file {path}: {source}")]
     Token {
@@ -145,10 +148,16 @@ impl App {
             None => None,
         };
         let names = destination_names(&config);
-        let stamp: Option<crate::queue::Stamper> = config
-            .syslog
-            .sequence_id
-            .then(|| Box::new(crate::stamp::SequenceIds::default()) as crate::queue::Stamper);
+        let hostname = record_hostname(&config);
+        let stamp: Option<crate::queue::Stamper> = match &config.integrity {
+            Some(integrity) => Some(Box::new(crate::integrity::ChainStamp::new(
+                integrity, &config, &hostname,
+            )?)),
+            None => config
+                .syslog
+                .sequence_id
+                .then(|| Box::new(crate::stamp::SequenceIds::default()) as crate::queue::Stamper),
+        };
         let queue = Queue::open_stamped(&config.queue, &names, stamp).await?;
         let mut destinations = Vec::with_capacity(config.destinations.len());
         for (index, d) in config.destinations.iter().enumerate() {
@@ -159,7 +168,7 @@ impl App {
                 metrics.clone(),
             )?);
         }
-        let pipeline = Pipeline::new(&config, &record_hostname(&config));
+        let pipeline = Pipeline::new(&config, &hostname);
         let webhook = Arc::new(Webhook::new(
             &config.listen,
             pipeline,
@@ -247,6 +256,13 @@ impl App {
             destinations = ?config.destinations.iter().map(|d| format!("{}={}", d.name, d.url)).collect::<Vec<_>>(),
             "webhook listener ready"
         );
+        let checkpoints = config.integrity.as_ref().map(|integrity| {
+            tokio::spawn(crate::integrity::tick(
+                queue.clone(),
+                integrity.checkpoint_interval,
+                shutdown.child_token(),
+            ))
+        });
         let signals = StopSignals::default();
         let senders = TaskTracker::new();
         for destination in destinations {
@@ -275,10 +291,14 @@ impl App {
             senders,
             signals,
             drain_timeout: config.shutdown.drain_timeout,
+            final_checkpoint: checkpoints.is_some(),
             queue,
         }
         .run()
         .await;
+        if let Some(task) = checkpoints {
+            task.abort();
+        }
         if let Some(task) = admin_task {
             task.abort();
         }

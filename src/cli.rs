@@ -1,4 +1,5 @@
-//! The command line: `run`, `check-config`, `gen-certs`, `webhook-config`.
+//! The command line: `run`, `check-config`, `gen-certs`, `webhook-config`,
+//! `gen-signing-key`, `verify`.
 
 use std::path::PathBuf;
 
@@ -47,6 +48,29 @@ pub enum Command {
         /// Also write certificates for negative tests (other CA, expired, wrong name).
         #[arg(long)]
         test_extras: bool,
+    },
+    /// Write an Ed25519 key pair for the integrity trail into DIR: signing.key (PKCS#8 PEM,
+    /// mode 0600, for integrity.signing_key) and signing.pub (for verify --key).
+    GenSigningKey {
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Check that receivers' files hold a complete, unmodified trail. Exit 0 when they do,
+    /// 1 for an integrity failure, 2 when a file cannot be read.
+    Verify {
+        /// A public key checkpoints may be signed with; repeat for keys used before a rotation.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Accept a trail that does not end with the relay's final checkpoint (a relay still
+        /// running).
+        #[arg(long)]
+        allow_open_end: bool,
+        /// Files with one RFC 5424 record per line (an octet-count prefix is allowed).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Print the kubeconfig for the apiserver's --audit-webhook-config-file.
     WebhookConfig {

@@ -43,6 +43,21 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::GenSigningKey { dir } => {
+            let (key, public, id) = kube_audit_relay::integrity::keys::generate(&dir)?;
+            eprintln!(
+                "wrote {} (integrity.signing_key, mode 0600) and {} (verify --key); key id {id}",
+                key.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        Command::Verify {
+            keys,
+            json,
+            allow_open_end,
+            files,
+        } => verify(&keys, json, allow_open_end, &files),
         Command::WebhookConfig {
             url,
             ca,
@@ -58,6 +73,37 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `verify`: exit 0 for a complete, unmodified trail, 1 for an integrity failure, 2 when the
+/// input cannot be read.
+fn verify(
+    keys: &[std::path::PathBuf],
+    json: bool,
+    allow_open_end: bool,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    use kube_audit_relay::integrity::{keys::PublicKey, verify};
+    let unreadable = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("verify: {e}");
+        std::process::exit(2)
+    };
+    let keys = keys
+        .iter()
+        .map(|k| PublicKey::load(k))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_else(|e| unreadable(&e));
+    let options = verify::Options {
+        keys,
+        allow_open_end,
+    };
+    let report = verify::verify(files, &options).unwrap_or_else(|e| unreadable(&e));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    std::process::exit(if report.ok() { 0 } else { 1 })
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

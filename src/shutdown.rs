@@ -1,5 +1,6 @@
 //! The drain sequence after the shutdown token fired: readiness off (so a load balancer
-//! stops sending), in-flight requests finish within their grace, senders deliver what is
+//! stops sending), in-flight requests finish within their grace, the integrity trail gets its
+//! final checkpoint, senders deliver what is
 //! queued until `shutdown.drain_timeout` and are then stopped, and the queue is closed with
 //! its cursors persisted. What was not delivered stays on disk for the next start.
 
@@ -26,6 +27,8 @@ pub struct Drain {
     pub signals: StopSignals,
     /// How long senders may keep delivering.
     pub drain_timeout: Duration,
+    /// Whether the integrity trail closes with a final checkpoint before the senders drain.
+    pub final_checkpoint: bool,
     /// Closed last.
     pub queue: Queue,
 }
@@ -43,6 +46,14 @@ impl Drain {
             tracing::warn!(
                 "some requests did not finish in time; their batches were not acknowledged"
             );
+        }
+        if self.final_checkpoint
+            && let Err(e) = self
+                .queue
+                .append(vec![bytes::Bytes::from_static(crate::integrity::FINAL)])
+                .await
+        {
+            tracing::warn!(error = %e, "cannot store the integrity trail's final checkpoint");
         }
         tracing::info!(timeout = ?self.drain_timeout, "draining destinations");
         self.signals.drain.cancel();

@@ -39,8 +39,8 @@ impl Default for SequenceIds {
     }
 }
 
-impl Stamp for SequenceIds {
-    fn stamp(&mut self, seq: u64, record: &[u8]) -> Bytes {
+impl SequenceIds {
+    fn one(&mut self, seq: u64, record: &[u8]) -> Bytes {
         let id = sequence_id(seq);
         let element = if std::mem::take(&mut self.first) {
             let uptime = self.started.elapsed().as_millis() / 10;
@@ -51,6 +51,12 @@ impl Stamp for SequenceIds {
         // The records are the relay's own RFC 5424 records, so this always finds the SD.
         add_sd_element(record, element.as_bytes())
             .map_or_else(|| Bytes::copy_from_slice(record), Bytes::from)
+    }
+}
+
+impl Stamp for SequenceIds {
+    fn stamp(&mut self, seq: u64, record: &[u8], out: &mut Vec<Bytes>) {
+        out.push(self.one(seq, record));
     }
 
     fn save(&self) -> Vec<u8> {
@@ -72,20 +78,20 @@ mod tests {
         assert_eq!(sequence_id(MAX_SEQUENCE_ID - 1), MAX_SEQUENCE_ID);
         assert_eq!(sequence_id(MAX_SEQUENCE_ID), 1);
         let mut s = SequenceIds::default();
-        let first = s.stamp(0, b"<110>1 - h a - S - {}");
+        let first = s.one(0, b"<110>1 - h a - S - {}");
         assert!(
             first.starts_with(b"<110>1 - h a - S [meta sequenceId=\"1\" sysUpTime=\""),
             "{}",
             String::from_utf8_lossy(&first)
         );
         let saved = s.save();
-        let second = s.stamp(41, b"<110>1 - h a - S [k8saudit@32473 auditID=\"x\"] {}");
+        let second = s.one(41, b"<110>1 - h a - S [k8saudit@32473 auditID=\"x\"] {}");
         assert_eq!(
             &second[..],
             b"<110>1 - h a - S [meta sequenceId=\"42\"][k8saudit@32473 auditID=\"x\"] {}"
         );
         s.restore(&saved);
-        let again = s.stamp(41, b"<110>1 - h a - S - {}");
+        let again = s.one(41, b"<110>1 - h a - S - {}");
         assert_eq!(&again[..], b"<110>1 - h a - S [meta sequenceId=\"42\"] {}");
     }
 }

@@ -71,6 +71,9 @@ enum Command {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         strict: bool,
     },
+    /// Write an integrity trail (hash chain, signed checkpoints) as a receiver would store
+    /// it, one record per line, for timing `kube-audit-relay verify` on it.
+    Trail(TrailOptions),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -100,7 +103,91 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(sink(listen, tls_cert, tls_key, framing, stats, strict))
         }
+        Command::Trail(options) => trail(&options),
     }
+}
+
+// ------------------------------------------------------------------------------ trail
+
+/// `trail` options.
+#[derive(Debug, clap::Args)]
+struct TrailOptions {
+    /// Event records to write (checkpoints and the start record come on top).
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Ed25519 signing key (PKCS#8 PEM); `kube-audit-relay gen-signing-key` makes one.
+    #[arg(long)]
+    signing_key: PathBuf,
+    /// Records between signed checkpoints (the relay's `integrity.checkpoint_records`).
+    #[arg(long, default_value_t = 10_000)]
+    checkpoint_records: u64,
+    /// EventList whose events are rendered and repeated (each record gets its own place in
+    /// the chain). Default: a real apiserver capture at Metadata level.
+    #[arg(long, default_value = "tests/data/real-apiserver-v1.20.2-metadata-051.json")]
+    corpus: PathBuf,
+}
+
+/// Renders the corpus with the relay's own pipeline and chains it with the relay's own
+/// [`ChainStamp`](kube_audit_relay::integrity::ChainStamp), exactly as the queue would.
+fn trail(o: &TrailOptions) -> anyhow::Result<()> {
+    use kube_audit_relay::integrity::{ChainStamp, FINAL};
+    use kube_audit_relay::queue::Stamp;
+    use std::io::Write;
+
+    let text = format!(
+        "[syslog]\nenterprise_id = 32473\nsequence_id = true\n[queue]\nkind = \"memory\"\n\
+         [integrity]\nsigning_key = {:?}\ncheckpoint_records = {}\n",
+        o.signing_key.display().to_string(),
+        o.checkpoint_records
+    );
+    let config = kube_audit_relay::config::Config::parse(&text, Path::new("<trail>"))?;
+    let integrity = config.integrity.as_ref().context("no [integrity] section")?;
+    let body = std::fs::read(&o.corpus).with_context(|| format!("reading {}", o.corpus.display()))?;
+    let pipeline = kube_audit_relay::pipeline::Pipeline::new(&config, "bench-host");
+    let records = pipeline
+        .run(&body, "2026-01-01T00:00:00Z")
+        .with_context(|| format!("{} is not an EventList", o.corpus.display()))?
+        .records;
+    if records.is_empty() {
+        bail!("no events in {}", o.corpus.display());
+    }
+    let mut stamp = ChainStamp::new(integrity, &config, "bench-host")?;
+    let mut file = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&o.out).with_context(|| format!("creating {}", o.out.display()))?,
+    );
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut seq = 0u64;
+    let mut bytes = 0u64;
+    let mut write = |out: &mut Vec<Bytes>, seq: &mut u64| -> anyhow::Result<()> {
+        for record in out.drain(..) {
+            file.write_all(&record)?;
+            file.write_all(b"\n")?;
+            bytes += record.len() as u64 + 1;
+            *seq += 1;
+        }
+        Ok(())
+    };
+    for i in 0..o.records {
+        let record = &records[usize::try_from(i).unwrap_or(0) % records.len()];
+        stamp.stamp(seq, record, &mut out);
+        write(&mut out, &mut seq)?;
+    }
+    stamp.stamp(seq, FINAL, &mut out);
+    write(&mut out, &mut seq)?;
+    drop(write);
+    file.flush()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"records\": {seq}, \"events\": {}, \"bytes\": {bytes}, \"seconds\": {elapsed:.3}, \"records_per_sec\": {:.0}}}",
+        o.records,
+        seq as f64 / elapsed
+    );
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------- load

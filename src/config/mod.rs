@@ -8,6 +8,7 @@
 //! prints the effective configuration, every default filled in, as TOML that parses back.
 
 mod destination;
+mod integrity;
 mod listen;
 mod queue;
 mod rules;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use destination::{DestinationConfig, Endpoint, Format, Framing, Oversize, Pin, Scheme};
+pub use integrity::IntegrityConfig;
 pub use listen::{AdminConfig, ClientAuth, ListenConfig};
 pub use queue::{QueueConfig, QueueKind, WhenFull};
 pub use rules::{Action, FilterRule, JsonPointer, RedactRule};
@@ -74,6 +76,9 @@ pub struct Config {
     /// The admin listener (health, readiness, metrics).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The tamper-evident trail; off unless the section is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<IntegrityConfig>,
     /// Keep/drop rules, first match decides.
     #[serde(default, rename = "filter", skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FilterRule>,
@@ -130,6 +135,7 @@ impl Config {
             dedupe: DedupeConfig::default(),
             shutdown: ShutdownConfig::default(),
             admin: AdminConfig::default(),
+            integrity: None,
             filters: Vec::new(),
             redact: Vec::new(),
             destinations: vec![DestinationConfig::stdout()],
@@ -238,6 +244,39 @@ impl Config {
             ("listen.token_file", &l.token_file),
         ] {
             check_readable(path.as_deref()).map_err(|r| bad(key, r))?;
+        }
+        if let Some(integrity) = &self.integrity {
+            check_readable(Some(&integrity.signing_key))
+                .map_err(|r| bad("integrity.signing_key", r))?;
+            if self.syslog.enterprise_id.is_none() {
+                return Err(bad(
+                    "syslog.enterprise_id",
+                    "required with [integrity]: the chain values go in an SD element named trail@ENTERPRISE_ID (RFC 5612's example number 32473 for trials)".into(),
+                ));
+            }
+            for (i, d) in self.destinations.iter().enumerate() {
+                let key = |k: &str| format!("destination[{i}].{k}");
+                if d.format != Format::Rfc5424 {
+                    return Err(bad(
+                        &key("format"),
+                        "must be rfc5424 with [integrity]: RFC 3164 has no structured data for the trail".into(),
+                    ));
+                }
+                if d.url.scheme().is_some_and(Scheme::has_path) {
+                    return Err(bad(
+                        &key("url"),
+                        "HTTP destinations carry the events' JSON only, without the trail's structured data: not with [integrity]".into(),
+                    ));
+                }
+                if d.max_message_bytes
+                    .is_some_and(|m| m < self.syslog.max_message_bytes)
+                {
+                    return Err(bad(
+                        &key("max_message_bytes"),
+                        "cannot be below syslog.max_message_bytes with [integrity]: a record cut for one destination no longer verifies; lower syslog.max_message_bytes instead".into(),
+                    ));
+                }
+            }
         }
         if self.queue.max_bytes < self.syslog.max_message_bytes {
             return Err(bad(

@@ -152,11 +152,12 @@ impl MemoryQueue {
         match &mut s.stamp {
             None => s.records.extend(records),
             Some(stamp) => {
-                for (i, record) in records.iter().enumerate() {
-                    let stamped = stamp.stamp(first + i as u64, record);
-                    s.bytes = s.bytes + stamped.len() as u64 - record.len() as u64;
-                    s.records.push_back(stamped);
+                let mut stamped = Vec::with_capacity(records.len());
+                for record in &records {
+                    stamp.stamp(first + stamped.len() as u64, record, &mut stamped);
                 }
+                s.bytes = s.bytes + stamped.iter().map(|r| r.len() as u64).sum::<u64>() - incoming;
+                s.records.extend(stamped);
             }
         }
         drop(state);

@@ -46,9 +46,11 @@ pub enum QueueError {
 /// under its write lock or on its writer thread): a sequence number, a hash chain. Stamping
 /// at store time makes every resend of a record carry the same bytes.
 pub trait Stamp: Send + std::fmt::Debug + 'static {
-    /// The record as it will be stored. `seq` is its place in the queue, from 0; the disk
-    /// queue continues it across restarts, the memory queue starts again at 0.
-    fn stamp(&mut self, seq: u64, record: &[u8]) -> Bytes;
+    /// The records to store for `record` (usually the record itself, stamped; a stamper may
+    /// add records of its own, or turn a marker into none), pushed onto `out`. The first one
+    /// pushed goes to queue place `seq`, the next to `seq + 1`, and so on. Places count from
+    /// 0; the disk queue continues them across restarts, the memory queue starts again at 0.
+    fn stamp(&mut self, seq: u64, record: &[u8], out: &mut Vec<Bytes>);
     /// The stamper's state before a group of appends, to go back to if the group fails.
     fn save(&self) -> Vec<u8> {
         Vec::new()

@@ -263,35 +263,50 @@ impl Writer {
         rolled: &mut Vec<(u64, Segment)>,
     ) -> io::Result<u64> {
         let mut written = 0;
+        let mut stamped = Vec::new();
         for record in records {
-            let stamped;
-            let record: &[u8] = match &mut self.stamp {
+            stamped.clear();
+            let out: &[Bytes] = match &mut self.stamp {
                 Some(stamp) => {
-                    stamped = stamp.stamp(end.seq, record);
+                    stamp.stamp(end.seq, record, &mut stamped);
                     &stamped
                 }
-                None => record,
+                None => std::slice::from_ref(record),
             };
-            let len = record.len() as u64;
-            if self.file.len > SEGMENT_HEADER
-                && self.file.len + RECORD_HEADER + len > self.segment_bytes
-            {
-                self.file.sync()?;
-                rolled.push((self.file.id, self.file.segment()));
-                self.file = ActiveSegment::create(&self.shared.dir, self.file.id + 1, end.seq)?;
-                rolled.push((self.file.id, self.file.segment()));
-                written += SEGMENT_HEADER;
+            for record in out {
+                written += self.write_record(record, end, rolled)?;
             }
-            self.file.out.write_all(&format::record_header(record)?)?;
-            self.file.out.write_all(record)?;
-            self.file.len += RECORD_HEADER + len;
-            written += RECORD_HEADER + len;
-            *end = Position {
-                seq: end.seq + 1,
-                segment: self.file.id,
-                offset: self.file.len,
-            };
         }
+        Ok(written)
+    }
+
+    /// Writes one record after `end`, starting a new segment when the active one is full.
+    fn write_record(
+        &mut self,
+        record: &[u8],
+        end: &mut Position,
+        rolled: &mut Vec<(u64, Segment)>,
+    ) -> io::Result<u64> {
+        let mut written = 0;
+        let len = record.len() as u64;
+        if self.file.len > SEGMENT_HEADER
+            && self.file.len + RECORD_HEADER + len > self.segment_bytes
+        {
+            self.file.sync()?;
+            rolled.push((self.file.id, self.file.segment()));
+            self.file = ActiveSegment::create(&self.shared.dir, self.file.id + 1, end.seq)?;
+            rolled.push((self.file.id, self.file.segment()));
+            written += SEGMENT_HEADER;
+        }
+        self.file.out.write_all(&format::record_header(record)?)?;
+        self.file.out.write_all(record)?;
+        self.file.len += RECORD_HEADER + len;
+        written += RECORD_HEADER + len;
+        *end = Position {
+            seq: end.seq + 1,
+            segment: self.file.id,
+            offset: self.file.len,
+        };
         Ok(written)
     }
 
