@@ -13,8 +13,15 @@
 #   sizes     event sizes ~0.7, 2, 20, 200 KB (4 connections, disk queue)
 #   relp      S1 with the destination over RELP (relp:// and relp+tls://; the sink acknowledges
 #             every message), next to S1 over tls://
+#   integrity S1 with syslog.enterprise_id (which [integrity] needs), then also with
+#             syslog.sequence_id, then with [integrity] (hash chain + signed checkpoints);
+#             ROUNDS (default 3) times each, interleaved, in the same run
+#   verify    writes a trail of RECORDS (default 10 000 000) chained records with the relay's own
+#             code (`kube-audit-relay-bench trail`; ~1.1 KB each, so ~11 GB in BENCH_DIR) and
+#             times `kube-audit-relay verify` on it (one core), then deletes it
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
-# Environment: DURATION (default 20s), HTTP2=1 for h2, BENCH_DIR (default target/bench).
+# Environment: DURATION (default 20s), HTTP2=1 for h2, BENCH_DIR (default target/bench),
+# ROUNDS (integrity), RECORDS (verify).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -34,10 +41,13 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# run NAME CONNECTIONS QUEUE RATE EVENT_BYTES PROFILE DURATION [SCHEME]
-# SCHEME is the destination's: tls (default), relp or relp+tls.
+# run NAME CONNECTIONS QUEUE RATE EVENT_BYTES PROFILE DURATION [SCHEME] [INTEGRITY]
+# SCHEME is the destination's: tls (default), relp or relp+tls. INTEGRITY=1 turns on the
+# hash chain and signed checkpoints (with syslog.enterprise_id); INTEGRITY=pen sets only
+# syslog.enterprise_id, INTEGRITY=seq that and syslog.sequence_id.
 run() {
   local name=$1 conns=$2 queue=$3 rate=$4 event_bytes=$5 profile=$6 duration=$7 scheme=${8:-tls}
+  local integrity=${9:-0}
   local work; work=$(mktemp -d "$out_dir/run.XXXXXX")
   local sink_args=(--tls-cert certs/server.crt --tls-key certs/server.key)
   case "$scheme" in
@@ -72,6 +82,17 @@ url = "$scheme://$sink_addr"
 ca = "$root/certs/ca.crt"
 server_name = "localhost"
 EOF
+  # The chain needs syslog.enterprise_id, which also adds the [k8saudit@PEN] element: the
+  # rows compared with the chain set it too, so that the chain is the only difference.
+  case "$integrity" in
+    pen) sed -i 's/^max_message_bytes = "1MiB"$/&\nenterprise_id = 32473/' "$work/relay.toml" ;;
+    seq) sed -i 's/^max_message_bytes = "1MiB"$/&\nenterprise_id = 32473\nsequence_id = true/' "$work/relay.toml" ;;
+  esac
+  if [ "$integrity" = 1 ]; then
+    "$relay_bin" gen-signing-key "$work/keys" > /dev/null 2>&1
+    sed -i 's/^max_message_bytes = "1MiB"$/&\nenterprise_id = 32473/' "$work/relay.toml"
+    printf '[integrity]\nsigning_key = "%s"\n' "$work/keys/signing.key" >> "$work/relay.toml"
+  fi
   RUST_LOG=warn "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
   local relay_pid=$!; pids+=("$relay_pid")
   for _ in $(seq 100); do
@@ -125,13 +146,44 @@ PY
   rm -rf "$work/queue"
 }
 
+# verify_run RECORDS: a trail of RECORDS chained records, and verify timed on it.
+verify_run() {
+  local records=$1 work; work=$(mktemp -d "$out_dir/trail.XXXXXX")
+  "$relay_bin" gen-signing-key "$work/keys" > /dev/null 2>&1
+  "$bench_bin" trail --records "$records" --out "$work/trail.log" --signing-key "$work/keys/signing.key" \
+      > "$work/trail.json"
+  local bytes; bytes=$(stat -c %s "$work/trail.log")
+  # Read once so that the timed run measures verify, not the disk.
+  cat "$work/trail.log" > /dev/null
+  local rc=0
+  /usr/bin/time -f '%e %U %S %M' -o "$work/time" \
+    taskset -c 0 "$relay_bin" verify --key "$work/keys/signing.pub" "$work/trail.log" > "$work/verify.out" || rc=$?
+  python3 - "$records" "$bytes" "$rc" "$work" "$results" <<'PY'
+import json, sys
+records, size, rc, work, results = sys.argv[1:]
+wall, user, sys_s, rss = open(f"{work}/time").read().split()[-4:]
+rec = {"scenario": "verify", "records": int(records), "bytes": int(size), "exit": int(rc),
+       "wall_s": float(wall), "user_s": float(user), "sys_s": float(sys_s),
+       "peak_rss_mib": round(int(rss) / 1024, 1),
+       "records_per_s": round(int(records) / max(float(wall), 0.01))}
+print(f"verify: {int(records):,} records, {int(size) / 1e9:.2f} GB, exit {rc}: {wall} s wall "
+      f"({user} s user, {sys_s} s sys, one core), {rec['records_per_s']:,} records/s, peak RSS {rec['peak_rss_mib']} MiB")
+print(json.dumps(rec))
+with open(results, "a") as f:
+    f.write(json.dumps(rec) + "\n")
+PY
+  tail -1 "$work/verify.out"
+  rm -rf "$work"
+  [ "$rc" = 0 ]
+}
+
 header() {
   echo "| scenario | conns | queue | B/event | acked ev/s | delivered ev/s | p50 / p99 ms | relay cores | CPU-s per M events | peak RSS MiB | unique delivered |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
 }
 
 duration=${DURATION:-20s}
-[ $# -ge 1 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,24p' "$0"; exit 2; }
 header
 for scenario in "$@"; do
   case "$scenario" in
@@ -146,7 +198,16 @@ for scenario in "$@"; do
       run S1-tls 4 disk 0 0 metadata "$duration" tls
       run S1-relp 4 disk 0 0 metadata "$duration" relp
       run S1-relp+tls 4 disk 0 0 metadata "$duration" relp+tls ;;
-    smoke) run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls ;;
+    integrity)
+      for _ in $(seq "${ROUNDS:-3}"); do
+        run S1-pen 4 disk 0 0 metadata "$duration" tls pen
+        run S1-sequence 4 disk 0 0 metadata "$duration" tls seq
+        run S1-integrity 4 disk 0 0 metadata "$duration" tls 1
+      done ;;
+    verify) verify_run "${RECORDS:-10000000}" ;;
+    smoke)
+      run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls
+      run smoke-integrity 2 disk 0 0 metadata 2s tls 1; verify_run 20000 ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
 done

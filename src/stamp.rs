@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::queue::Stamp;
+use crate::queue::{Prework, Stamp};
 use crate::syslog::convert::add_sd_element;
 
 /// The largest sequenceId (RFC 5424: 2^31 - 1); the next one is 1.
@@ -55,7 +55,7 @@ impl SequenceIds {
 }
 
 impl Stamp for SequenceIds {
-    fn stamp(&mut self, seq: u64, record: &[u8], out: &mut Vec<Bytes>) {
+    fn stamp(&mut self, seq: u64, record: &[u8], _: Option<&Prework>, out: &mut Vec<Bytes>) {
         out.push(self.one(seq, record));
     }
 

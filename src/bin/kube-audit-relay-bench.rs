@@ -126,14 +126,17 @@ struct TrailOptions {
     checkpoint_records: u64,
     /// EventList whose events are rendered and repeated (each record gets its own place in
     /// the chain). Default: a real apiserver capture at Metadata level.
-    #[arg(long, default_value = "tests/data/real-apiserver-v1.20.2-metadata-051.json")]
+    #[arg(
+        long,
+        default_value = "tests/data/real-apiserver-v1.20.2-metadata-051.json"
+    )]
     corpus: PathBuf,
 }
 
 /// Renders the corpus with the relay's own pipeline and chains it with the relay's own
 /// [`ChainStamp`](kube_audit_relay::integrity::ChainStamp), exactly as the queue would.
 fn trail(o: &TrailOptions) -> anyhow::Result<()> {
-    use kube_audit_relay::integrity::{ChainStamp, FINAL};
+    use kube_audit_relay::integrity::{ChainStamp, FINAL, prework_of};
     use kube_audit_relay::queue::Stamp;
     use std::io::Write;
 
@@ -144,8 +147,12 @@ fn trail(o: &TrailOptions) -> anyhow::Result<()> {
         o.checkpoint_records
     );
     let config = kube_audit_relay::config::Config::parse(&text, Path::new("<trail>"))?;
-    let integrity = config.integrity.as_ref().context("no [integrity] section")?;
-    let body = std::fs::read(&o.corpus).with_context(|| format!("reading {}", o.corpus.display()))?;
+    let integrity = config
+        .integrity
+        .as_ref()
+        .context("no [integrity] section")?;
+    let body =
+        std::fs::read(&o.corpus).with_context(|| format!("reading {}", o.corpus.display()))?;
     let pipeline = kube_audit_relay::pipeline::Pipeline::new(&config, "bench-host");
     let records = pipeline
         .run(&body, "2026-01-01T00:00:00Z")
@@ -174,12 +181,13 @@ fn trail(o: &TrailOptions) -> anyhow::Result<()> {
     };
     for i in 0..o.records {
         let record = &records[usize::try_from(i).unwrap_or(0) % records.len()];
-        stamp.stamp(seq, record, &mut out);
+        // As in the relay: the digest is the appending task's work, the link the writer's.
+        let prework = prework_of(record);
+        stamp.stamp(seq, record, Some(&prework), &mut out);
         write(&mut out, &mut seq)?;
     }
-    stamp.stamp(seq, FINAL, &mut out);
+    stamp.stamp(seq, FINAL, None, &mut out);
     write(&mut out, &mut seq)?;
-    drop(write);
     file.flush()?;
     let elapsed = started.elapsed().as_secs_f64();
     println!(

@@ -47,7 +47,7 @@ mod writer;
 
 pub use reader::DiskReader;
 
-use super::{Position, QueueError, QueueStats, Stamper};
+use super::{Position, Prework, QueueError, QueueStats, Stamper};
 use crate::config::{QueueConfig, WhenFull};
 use writer::{AppendRequest, Writer};
 
@@ -217,7 +217,12 @@ impl DiskQueue {
         })
     }
 
-    pub(super) async fn append(&self, records: Vec<Bytes>) -> Result<(), QueueError> {
+    /// Stores `records` once fsynced; `prework` is the stamper's prework for each, or empty.
+    pub(super) async fn append_with(
+        &self,
+        records: Vec<Bytes>,
+        prework: Vec<Prework>,
+    ) -> Result<(), QueueError> {
         let tx = self
             .writer
             .lock()
@@ -225,7 +230,7 @@ impl DiskQueue {
             .clone()
             .ok_or(QueueError::Closed)?;
         let (reply, done) = oneshot::channel();
-        tx.send((records, reply))
+        tx.send((records, prework, reply))
             .await
             .map_err(|_| QueueError::Closed)?;
         done.await.map_err(|_| QueueError::Closed)?

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{Limits, Position, QueueError, QueueStats, Stamper};
+use super::{Limits, Position, Prework, QueueError, QueueStats, Stamper};
 
 #[derive(Debug)]
 struct State {
@@ -99,7 +99,12 @@ impl MemoryQueue {
         }
     }
 
-    pub(super) fn append(&self, records: Vec<Bytes>) -> Result<(), QueueError> {
+    /// Stores `records`; `prework` is the stamper's prework for each, or empty.
+    pub(super) fn append_with(
+        &self,
+        records: Vec<Bytes>,
+        prework: Vec<Prework>,
+    ) -> Result<(), QueueError> {
         let incoming: u64 = records.iter().map(|r| r.len() as u64).sum();
         let mut state = self.shared.lock();
         if state.closed {
@@ -153,8 +158,9 @@ impl MemoryQueue {
             None => s.records.extend(records),
             Some(stamp) => {
                 let mut stamped = Vec::with_capacity(records.len());
-                for record in &records {
-                    stamp.stamp(first + stamped.len() as u64, record, &mut stamped);
+                for (i, record) in records.iter().enumerate() {
+                    let seq = first + stamped.len() as u64;
+                    stamp.stamp(seq, record, prework.get(i), &mut stamped);
                 }
                 s.bytes = s.bytes + stamped.iter().map(|r| r.len() as u64).sum::<u64>() - incoming;
                 s.records.extend(stamped);

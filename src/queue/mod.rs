@@ -46,11 +46,18 @@ pub enum QueueError {
 /// under its write lock or on its writer thread): a sequence number, a hash chain. Stamping
 /// at store time makes every resend of a record carry the same bytes.
 pub trait Stamp: Send + std::fmt::Debug + 'static {
+    /// Work on one record that does not depend on its place in the queue (a digest). The
+    /// appending task runs it, in parallel with other appends, so that the writer, which
+    /// every append waits for, does only what needs the place. Default: none.
+    fn prework(&self) -> Option<PreworkFn> {
+        None
+    }
     /// The records to store for `record` (usually the record itself, stamped; a stamper may
     /// add records of its own, or turn a marker into none), pushed onto `out`. The first one
     /// pushed goes to queue place `seq`, the next to `seq + 1`, and so on. Places count from
     /// 0; the disk queue continues them across restarts, the memory queue starts again at 0.
-    fn stamp(&mut self, seq: u64, record: &[u8], out: &mut Vec<Bytes>);
+    /// `prework` is what [`Stamp::prework`] returned for this record, when it ran.
+    fn stamp(&mut self, seq: u64, record: &[u8], prework: Option<&Prework>, out: &mut Vec<Bytes>);
     /// The stamper's state before a group of appends, to go back to if the group fails.
     fn save(&self) -> Vec<u8> {
         Vec::new()
@@ -64,6 +71,18 @@ pub trait Stamp: Send + std::fmt::Debug + 'static {
 
 /// A boxed [`Stamp`].
 pub type Stamper = Box<dyn Stamp>;
+
+/// What [`Stamp::prework`] found in one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prework {
+    /// A digest of (part of) the record.
+    pub digest: [u8; 32],
+    /// Where in the record the stamper writes (for the chain: the SD field).
+    pub span: std::ops::Range<usize>,
+}
+
+/// [`Stamp::prework`]'s function.
+pub type PreworkFn = fn(&[u8]) -> Prework;
 
 /// A position in the queue: the sequence number of the next record, plus where it lives on
 /// disk (unused by the memory queue).
@@ -98,6 +117,7 @@ pub struct QueueStats {
 pub struct Queue {
     backend: Arc<Backend>,
     times: Arc<AppendTimes>,
+    prework: Option<PreworkFn>,
 }
 
 /// When records were appended, coarsely: `(end_seq, time)` after each append, so that the age
@@ -137,6 +157,7 @@ impl Queue {
         destinations: &[String],
         stamp: Option<Stamper>,
     ) -> Result<Self, QueueError> {
+        let prework = stamp.as_ref().and_then(|s| s.prework());
         let backend = match config.kind {
             QueueKind::Memory => Backend::Memory(MemoryQueue::new(
                 config.max_bytes.0,
@@ -153,6 +174,7 @@ impl Queue {
         Ok(Self {
             backend: Arc::new(backend),
             times: Arc::new(times),
+            prework,
         })
     }
 
@@ -165,9 +187,13 @@ impl Queue {
         if records.is_empty() {
             return Ok(());
         }
+        let prework = self
+            .prework
+            .map(|f| records.iter().map(|r| f(r)).collect())
+            .unwrap_or_default();
         match &*self.backend {
-            Backend::Memory(q) => q.append(records)?,
-            Backend::Disk(q) => q.append(records).await?,
+            Backend::Memory(q) => q.append_with(records, prework)?,
+            Backend::Disk(q) => q.append_with(records, prework).await?,
         }
         let end = self.stats().end_seq;
         let lowest = self.committed_seqs().into_iter().min().unwrap_or(end);

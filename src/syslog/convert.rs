@@ -74,16 +74,24 @@ fn structured_data_len(sd: &[u8]) -> Option<usize> {
     if sd.first() == Some(&b'-') {
         return Some(1);
     }
+    // memchr rather than a byte loop: this runs for every stored record with the chain on.
     let mut i = 0;
     while sd.get(i) == Some(&b'[') {
-        let mut quoted = false;
         i += 1;
         loop {
-            match *sd.get(i)? {
-                b'\\' if quoted => i += 1,
-                b'"' => quoted = !quoted,
-                b']' if !quoted => break,
-                _ => {}
+            // Outside a value: the element ends at `]` unless a value starts first.
+            i += memchr::memchr2(b'"', b']', sd.get(i..)?)?;
+            if sd[i] == b']' {
+                break;
+            }
+            // Inside a value: `\` escapes the next byte; `"` closes it.
+            i += 1;
+            loop {
+                i += memchr::memchr2(b'"', b'\\', sd.get(i..)?)?;
+                if sd[i] == b'"' {
+                    break;
+                }
+                i += 2;
             }
             i += 1;
         }
@@ -185,6 +193,11 @@ mod tests {
         assert_eq!(&r[f.msg_start..], b"{\"m\":1}");
         assert_eq!(msg_start(b"<1>1 - h a - m -"), Some(16));
         assert_eq!(fields(b"<1>1 - h a - m [x"), None);
+        // An escaped backslash before the closing quote; a backslash at the very end.
+        let r = b"<1>1 - h a - m [x@1 k=\"a\\\\\"] M";
+        assert_eq!(&r[fields(r).unwrap().msg_start..], b"M");
+        assert_eq!(fields(b"<1>1 - h a - m [x@1 k=\"\\"), None);
+        assert_eq!(fields(b"<1>1 - h a - m [x@1 k=\"v\""), None);
     }
 
     #[test]

@@ -12,10 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, RECORD_HEADER, SEGMENT_HEADER};
 use super::{Segment, Shared};
-use crate::queue::{Position, QueueError, Stamper};
+use crate::queue::{Position, Prework, QueueError, Stamper};
 
 /// Records to append as one unit, and where to say whether they are durable.
-pub(super) type AppendRequest = (Vec<Bytes>, oneshot::Sender<Result<(), QueueError>>);
+pub(super) type AppendRequest = (
+    Vec<Bytes>,
+    Vec<Prework>,
+    oneshot::Sender<Result<(), QueueError>>,
+);
 
 /// The single writer: owns the active segment, groups waiting appends under one fsync.
 pub(super) struct Writer {
@@ -141,7 +145,7 @@ impl Writer {
         let mut already = self.shared.lock().bytes;
         let mut added = 0u64;
         let mut rolled = Vec::new();
-        for (records, reply) in group.drain(..) {
+        for (records, prework, reply) in group.drain(..) {
             if let Some(why) = &self.broken {
                 let _ = reply.send(Err(QueueError::Io(io::Error::other(why.clone()))));
                 continue;
@@ -161,7 +165,7 @@ impl Writer {
                 continue;
             }
             if let Ok(end) = &mut result {
-                match self.write_records(&records, end, &mut rolled) {
+                match self.write_records(&records, &prework, end, &mut rolled) {
                     Ok(written) => added += written,
                     Err(e) => result = Err(e),
                 }
@@ -259,16 +263,17 @@ impl Writer {
     fn write_records(
         &mut self,
         records: &[Bytes],
+        prework: &[Prework],
         end: &mut Position,
         rolled: &mut Vec<(u64, Segment)>,
     ) -> io::Result<u64> {
         let mut written = 0;
         let mut stamped = Vec::new();
-        for record in records {
+        for (i, record) in records.iter().enumerate() {
             stamped.clear();
             let out: &[Bytes] = match &mut self.stamp {
                 Some(stamp) => {
-                    stamp.stamp(end.seq, record, &mut stamped);
+                    stamp.stamp(end.seq, record, prework.get(i), &mut stamped);
                     &stamped
                 }
                 None => std::slice::from_ref(record),
