@@ -19,6 +19,8 @@
 #   verify    writes a trail of RECORDS (default 10 000 000) chained records with the relay's own
 #             code (`kube-audit-relay-bench trail`; ~1.1 KB each, so ~11 GB in BENCH_DIR) and
 #             times `kube-audit-relay verify` on it (one core), then deletes it
+#   ceiling   the bare forwarder (`kube-audit-relay-bench ceiling`) next to the relay with the
+#             memory queue and with the disk queue, at 4 and 16 connections, in one run
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
 # Environment: DURATION (default 20s), HTTP2=1 for h2, BENCH_DIR (default target/bench),
 # ROUNDS (integrity), RECORDS (verify).
@@ -93,7 +95,12 @@ EOF
     sed -i 's/^max_message_bytes = "1MiB"$/&\nenterprise_id = 32473/' "$work/relay.toml"
     printf '[integrity]\nsigning_key = "%s"\n' "$work/keys/signing.key" >> "$work/relay.toml"
   fi
-  RUST_LOG=warn "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
+  if [ "${TARGET:-relay}" = ceiling ]; then
+    "$bench_bin" ceiling --listen "127.0.0.1:$port" --tls-cert certs/server.crt --tls-key certs/server.key \
+        --client-ca certs/ca.crt --to "$sink_addr" --ca certs/ca.crt > /dev/null 2> "$work/relay.err" &
+  else
+    RUST_LOG=warn "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
+  fi
   local relay_pid=$!; pids+=("$relay_pid")
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05
@@ -183,7 +190,7 @@ header() {
 }
 
 duration=${DURATION:-20s}
-[ $# -ge 1 ] || { sed -n '2,24p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,26p' "$0"; exit 2; }
 header
 for scenario in "$@"; do
   case "$scenario" in
@@ -205,9 +212,16 @@ for scenario in "$@"; do
         run S1-integrity 4 disk 0 0 metadata "$duration" tls 1
       done ;;
     verify) verify_run "${RECORDS:-10000000}" ;;
+    ceiling)
+      for c in 4 16; do
+        TARGET=ceiling run "ceiling-$c" "$c" none 0 0 metadata "$duration"
+        run "memory-$c" "$c" memory 0 0 metadata "$duration"
+        run "disk-$c" "$c" disk 0 0 metadata "$duration"
+      done ;;
     smoke)
       run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls
-      run smoke-integrity 2 disk 0 0 metadata 2s tls 1; verify_run 20000 ;;
+      run smoke-integrity 2 disk 0 0 metadata 2s tls 1; verify_run 20000
+      TARGET=ceiling run smoke-ceiling 2 none 0 0 metadata 2s ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
 done

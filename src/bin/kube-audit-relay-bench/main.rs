@@ -7,7 +7,12 @@
 //!   length and strict RFC 5424 header, counts events and unique auditIDs, and writes its
 //!   counters to a JSON file twice a second.
 //!
-//! Both print one JSON object per line on stdout, so `scripts/bench.sh` can read them.
+//! * `ceiling`: a bare forwarder (`ceiling.rs`), the reference the relay is measured against.
+//! * `trail`: an integrity trail written with the relay's own chain, for timing `verify`.
+//!
+//! They print one JSON object per line on stdout, so `scripts/bench.sh` can read them.
+
+mod ceiling;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -74,6 +79,9 @@ enum Command {
     /// Write an integrity trail (hash chain, signed checkpoints) as a receiver would store
     /// it, one record per line, for timing `kube-audit-relay verify` on it.
     Trail(TrailOptions),
+    /// A bare forwarder (HTTPS + client certificates in, split, header, octet framing, TLS
+    /// out; nothing else): the physical reference for this machine.
+    Ceiling(ceiling::CeilingOptions),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -104,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(sink(listen, tls_cert, tls_key, framing, stats, strict))
         }
         Command::Trail(options) => trail(&options),
+        Command::Ceiling(options) => runtime.block_on(ceiling::run(options)),
     }
 }
 
