@@ -36,7 +36,7 @@ pub enum AuditError {
 #[derive(Debug, Deserialize)]
 pub struct EventList<'a> {
     /// `EventList` when present.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     kind: Option<Cow<'a, str>>,
     /// The events, as the exact bytes the apiserver sent.
     #[serde(borrow)]
@@ -59,6 +59,16 @@ impl<'a> EventList<'a> {
     }
 }
 
+/// A string borrowed from the body unless it has escapes. serde's `borrow` does not reach
+/// through `Option`, so an `Option<Cow<str>>` field would allocate for every event; the
+/// newtype carries the attribute to the `Cow` itself.
+#[derive(Deserialize)]
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn borrowed<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
+}
+
 /// The fields of one audit event that rendering and routing use.
 #[derive(Debug, Deserialize)]
 pub struct EventView<'a> {
@@ -69,13 +79,13 @@ pub struct EventView<'a> {
     #[serde(borrow)]
     pub stage: Cow<'a, str>,
     /// `kind`, when the item carries it (list items normally do not).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub kind: Option<Cow<'a, str>>,
     /// `apiVersion`, when the item carries it.
-    #[serde(default, rename = "apiVersion", borrow)]
+    #[serde(default, rename = "apiVersion", borrow, deserialize_with = "borrowed")]
     pub api_version: Option<Cow<'a, str>>,
     /// `verb`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub verb: Option<Cow<'a, str>>,
     /// `user.username`.
     #[serde(default, borrow)]
@@ -84,13 +94,13 @@ pub struct EventView<'a> {
     #[serde(default, rename = "responseStatus")]
     pub response_status: Option<StatusView>,
     /// `stageTimestamp`.
-    #[serde(default, rename = "stageTimestamp", borrow)]
+    #[serde(default, rename = "stageTimestamp", borrow, deserialize_with = "borrowed")]
     pub stage_timestamp: Option<Cow<'a, str>>,
     /// `requestReceivedTimestamp`.
-    #[serde(default, rename = "requestReceivedTimestamp", borrow)]
+    #[serde(default, rename = "requestReceivedTimestamp", borrow, deserialize_with = "borrowed")]
     pub request_received_timestamp: Option<Cow<'a, str>>,
     /// `timestamp` (audit.k8s.io/v1beta1).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub timestamp: Option<Cow<'a, str>>,
 }
 
@@ -98,7 +108,7 @@ pub struct EventView<'a> {
 #[derive(Debug, Deserialize)]
 pub struct UserView<'a> {
     /// `username`; empty for unauthenticated requests.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub username: Option<Cow<'a, str>>,
 }
 
@@ -107,7 +117,7 @@ pub struct UserView<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct RoutingView<'a> {
     /// `level` (`Metadata`, `Request`, `RequestResponse`).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub level: Option<Cow<'a, str>>,
     /// `objectRef`.
     #[serde(default, rename = "objectRef", borrow)]
@@ -144,10 +154,10 @@ pub struct GroupsView<'a> {
 #[derive(Debug, Deserialize)]
 pub struct ObjectRefView<'a> {
     /// `objectRef.resource`, e.g. `secrets`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub resource: Option<Cow<'a, str>>,
     /// `objectRef.namespace`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub namespace: Option<Cow<'a, str>>,
 }
 

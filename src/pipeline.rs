@@ -7,7 +7,7 @@
 //! batch stored. Dedupe keys are recorded only by [`Pipeline::stored`], once the records are
 //! durable: a batch refused with 503 must not make its own resend look like a duplicate.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 
 use crate::audit::{AuditError, EventList, EventView};
@@ -99,6 +99,10 @@ impl Pipeline {
             .collect();
         let seen = self.dedupe.seen(&keys);
         let mut in_batch = KeySet::with_capacity_and_hasher(views.len(), Default::default());
+        // Every record of the batch is a slice of one buffer: one allocation per batch, not
+        // one per record (and per clone). `scratch` is where each is rendered first.
+        let mut records = BytesMut::with_capacity(body.len() + views.len() * 160);
+        let mut scratch = Vec::with_capacity(4096);
         for (((item, view), key), seen) in list.items.iter().zip(&views).zip(keys).zip(seen) {
             if seen || !in_batch.insert(key) {
                 batch.summary.duplicates += 1;
@@ -114,10 +118,14 @@ impl Pipeline {
                 .and_then(|text| RawValue::from_string(text).ok());
             batch.summary.redacted += usize::from(redacted.is_some());
             let item = redacted.as_deref().unwrap_or(item);
-            match self.renderer.render(item, view, received_at) {
-                Ok(rendered) => {
-                    batch.summary.truncated += usize::from(rendered.truncated);
-                    batch.records.push(Bytes::from(rendered.message));
+            match self
+                .renderer
+                .render_into(&mut scratch, item, view, received_at)
+            {
+                Ok(truncated) => {
+                    batch.summary.truncated += usize::from(truncated);
+                    records.extend_from_slice(&scratch);
+                    batch.records.push(records.split().freeze());
                     batch.keys.0.push(key);
                 }
                 Err(too_large) => {

@@ -75,24 +75,35 @@ impl Renderer {
         received_at: &str,
     ) -> Result<Rendered, TooLarge> {
         let mut message = Vec::with_capacity(item.get().len() + 160);
-        self.write_header(&mut message, view, received_at);
+        let truncated = self.render_into(&mut message, item, view, received_at)?;
+        Ok(Rendered { message, truncated })
+    }
+
+    /// [`Renderer::render`] into `message` (cleared first), so that a batch reuses one
+    /// buffer; returns whether the truncation rule was applied.
+    ///
+    /// # Errors
+    /// [`TooLarge`] when even the truncated event exceeds `max_message_bytes`.
+    pub fn render_into(
+        &self,
+        message: &mut Vec<u8>,
+        item: &RawValue,
+        view: &EventView<'_>,
+        received_at: &str,
+    ) -> Result<bool, TooLarge> {
+        message.clear();
+        self.write_header(message, view, received_at);
         let header_len = message.len();
-        audit::write_event_line(&mut message, item.get(), view);
+        audit::write_event_line(message, item.get(), view);
         if message.len() <= self.max_message_bytes {
-            return Ok(Rendered {
-                message,
-                truncated: false,
-            });
+            return Ok(false);
         }
         message.truncate(header_len);
         if let Some(short) = audit::truncate_event(item.get()) {
-            audit::write_event_line(&mut message, &short, view);
+            audit::write_event_line(message, &short, view);
         }
         if message.len() > header_len && message.len() <= self.max_message_bytes {
-            Ok(Rendered {
-                message,
-                truncated: true,
-            })
+            Ok(true)
         } else {
             Err(TooLarge {
                 audit_id: view.audit_id.chars().take(64).collect(),
@@ -115,7 +126,7 @@ impl Renderer {
         .find_map(|t| t.as_deref().and_then(timestamp::normalize));
         out.extend_from_slice(ts.as_deref().unwrap_or(received_at).as_bytes());
         out.extend_from_slice(self.host_app.as_bytes());
-        out.extend_from_slice(sanitize(&view.stage, MSGID_MAX).as_bytes());
+        write_sanitized(out, &view.stage, MSGID_MAX);
         out.push(b' ');
         match self.enterprise_id {
             None => out.push(b'-'),
@@ -161,12 +172,28 @@ pub fn severity(view: &EventView<'_>) -> u8 {
 /// PRINTUSASCII only (33-126), every other character replaced by `_`, cut to `max`;
 /// `-` (NILVALUE) when empty.
 pub fn sanitize(s: &str, max: usize) -> String {
-    let out: String = s
-        .chars()
-        .take(max)
-        .map(|c| if ('!'..='~').contains(&c) { c } else { '_' })
-        .collect();
-    if out.is_empty() { "-".to_owned() } else { out }
+    let mut out = Vec::with_capacity(s.len().min(max));
+    write_sanitized(&mut out, s, max);
+    String::from_utf8(out).unwrap_or_else(|_| "-".to_owned())
+}
+
+/// [`sanitize`] written onto `out`, without a string of its own (once per event).
+fn write_sanitized(out: &mut Vec<u8>, s: &str, max: usize) {
+    let start = out.len();
+    if s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic()) {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        out.extend(s.chars().take(max).map(|c| {
+            if c.is_ascii_graphic() {
+                c as u8
+            } else {
+                b'_'
+            }
+        }));
+    }
+    if out.len() == start {
+        out.push(b'-');
+    }
 }
 
 /// SD PARAM-VALUE: `"`, `\` and `]` escaped (RFC 5424 §6.3.3); control characters replaced

@@ -4,11 +4,13 @@
 //! that form; other offsets and longer fractions are normalised, invalid values rejected so
 //! that the caller falls back to the next timestamp field.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Normalises an RFC 3339 timestamp to UTC (`Z`) with at most six fractional digits.
-/// Returns `None` when `s` is not a valid RFC 3339 date-time in years 0000-9999.
-pub fn normalize(s: &str) -> Option<String> {
+/// Returns `None` when `s` is not a valid RFC 3339 date-time in years 0000-9999; `s` itself
+/// when it is already in that form (Kubernetes' MicroTime always is).
+pub fn normalize(s: &str) -> Option<Cow<'_, str>> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;
@@ -63,7 +65,7 @@ pub fn normalize(s: &str) -> Option<String> {
     // Kubernetes' MicroTime is already canonical: the common case, copied without
     // re-formatting (this runs for every event).
     if b[10] == b'T' && !cut && b.get(i..) == Some(b"Z".as_slice()) {
-        return Some(s.to_owned());
+        return Some(Cow::Borrowed(s));
     }
     let offset_seconds = match b.get(i..)? {
         [b'Z' | b'z'] => 0,
@@ -84,7 +86,7 @@ pub fn normalize(s: &str) -> Option<String> {
     if !(0..=9999).contains(&y) {
         return None;
     }
-    Some(format_unix(utc, fraction))
+    Some(Cow::Owned(format_unix(utc, fraction)))
 }
 
 /// The current time as an RFC 5424 TIMESTAMP with microseconds.
@@ -202,5 +204,6 @@ mod tests {
     fn now_is_valid() {
         let n = now();
         assert_eq!(normalize(&n).as_deref(), Some(n.as_str()));
+        assert!(matches!(normalize(&n), Some(Cow::Borrowed(_))));
     }
 }
