@@ -285,38 +285,43 @@ pub fn write_event_line(out: &mut Vec<u8>, item: &str, view: &EventView<'_>) {
 }
 
 /// Copies JSON text into `out` without the insignificant whitespace outside strings.
+///
+/// Runs for every event: strings (most of an event, and where its spaces are) are copied
+/// whole between `memchr` hits; only the bytes between strings are looked at one by one.
 pub fn write_compact(out: &mut Vec<u8>, json: &str) {
     let bytes = json.as_bytes();
-    if !bytes
-        .iter()
-        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-    {
-        out.extend_from_slice(bytes);
-        return;
-    }
     out.reserve(bytes.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else {
-            match b {
-                b' ' | b'\n' | b'\r' | b'\t' => {}
-                b'"' => {
-                    in_string = true;
-                    out.push(b);
-                }
-                _ => out.push(b),
+    let mut i = 0;
+    while i < bytes.len() {
+        // Outside a string: drop whitespace, copy the rest, up to the next string.
+        let b = bytes[i];
+        i += 1;
+        match b {
+            b' ' | b'\n' | b'\r' | b'\t' => continue,
+            b'"' => {}
+            _ => {
+                out.push(b);
+                continue;
             }
         }
+        // Inside a string: copy through its closing quote, skipping escaped characters.
+        let start = i - 1;
+        loop {
+            match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or_default()) {
+                Some(at) if bytes[i + at] == b'\\' => i += at + 2,
+                Some(at) => {
+                    i += at + 1;
+                    break;
+                }
+                None => {
+                    i = bytes.len();
+                    break;
+                }
+            }
+        }
+        let end = i.min(bytes.len());
+        out.extend_from_slice(&bytes[start..end]);
+        i = end;
     }
 }
 
@@ -415,6 +420,44 @@ fn truncate_for_log(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-by-byte compaction `write_compact` replaced, as the reference.
+    fn compact_reference(json: &str) -> Vec<u8> {
+        let (mut out, mut in_string, mut escaped) = (Vec::new(), false, false);
+        for &b in json.as_bytes() {
+            if in_string {
+                out.push(b);
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+            } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                in_string = b == b'"';
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn compaction_keeps_strings_and_drops_whitespace_between() {
+        for json in [
+            r#"{"a": "b c", "d" : [1, 2 ,{ "e":"\" x \\" }] }"#,
+            "{\n  \"user\": {\"username\": \"system:kube-proxy\"},\n\t\"ua\": \"k/v1 (linux)\"\r\n}",
+            r#"{"s":"\\","t":"\\\"","u":"é ü ✓"}"#,
+            r#"{"open":"no end"#,
+            r#"{"esc":"ends with \"#,
+            "",
+            "  ",
+        ] {
+            let mut out = Vec::new();
+            write_compact(&mut out, json);
+            assert_eq!(out, compact_reference(json), "{json}");
+        }
+    }
 
     #[test]
     fn splits_items_and_keeps_bytes() {
