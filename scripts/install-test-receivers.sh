@@ -2,7 +2,9 @@
 # Installs the real syslog receivers the interop tests run against:
 #   - rsyslog with its OpenSSL TLS driver and RELP input (imrelp), from Debian's packages;
 #   - syslog-ng, unpacked privately into target/test-receivers/syslog-ng, because Debian's
-#     syslog-ng-core conflicts with rsyslog as a package (its library dependencies do not).
+#     syslog-ng-core conflicts with rsyslog as a package (its library dependencies do not);
+#   - for the fleet tests: HAProxy, Prometheus (with promtool), kubectl, and kubernetes-validate
+#     (PyPI) in a private venv under target/test-receivers/venv.
 # Prints the environment the tests read (KAR_RSYSLOGD, KAR_SYSLOG_NG, ...) as `export` lines.
 # Needs root (or sudo) for apt-get. Never starts or reconfigures a system logger.
 set -euo pipefail
@@ -49,6 +51,26 @@ if ! { [ -x /usr/sbin/rsyslogd ] && ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/nu
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends rsyslog rsyslog-openssl rsyslog-relp >>"$log" 2>&1 \
     || { echo "install-test-receivers: apt-get install rsyslog rsyslog-openssl rsyslog-relp failed (see $log)" >&2; exit 1; }
 fi
+# The fleet tests: HAProxy (three replicas behind it), Prometheus and promtool (alert rules,
+# scraping), kubectl (`kubectl kustomize`); kubernetes-validate from PyPI in a private venv.
+fleet=()
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || fleet+=(haproxy)
+command -v promtool >/dev/null 2>&1 || fleet+=(prometheus)
+command -v kubectl >/dev/null 2>&1 || fleet+=(kubernetes-client)
+python3 -m venv --help >/dev/null 2>&1 || fleet+=(python3-venv)
+if [ ${#fleet[@]} -gt 0 ]; then
+  apt_update
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${fleet[@]}" >>"$log" 2>&1 \
+    || { echo "install-test-receivers: apt-get install ${fleet[*]} failed (see $log)" >&2; exit 1; }
+fi
+venv=$dest/venv
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv" >>"$log" 2>&1 \
+    && "$venv/bin/pip" install -q 'kubernetes-validate==1.37.0' >>"$log" 2>&1 \
+    || { echo "install-test-receivers: pip install kubernetes-validate failed (see $log)" >&2; exit 1; }
+fi
+
 # Installing rsyslog may start the system service on hosts with an init system; the tests
 # never use it, and on containers without one nothing was started.
 
@@ -77,6 +99,11 @@ fi
 modpath=$(ls -d "$sng"/usr/lib/syslog-ng/[0-9]* 2>/dev/null | sort -V | tail -1)
 
 echo "export KAR_RSYSLOGD=/usr/sbin/rsyslogd"
+echo "export KAR_HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)"
+echo "export KAR_PROMETHEUS=$(command -v prometheus || echo /usr/bin/prometheus)"
+echo "export KAR_PROMTOOL=$(command -v promtool || echo /usr/bin/promtool)"
+echo "export KAR_KUBECTL=$(command -v kubectl || echo /usr/bin/kubectl)"
+echo "export KAR_KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate"
 echo "export KAR_SYSLOG_NG=$sng/usr/sbin/syslog-ng"
 echo "export KAR_SYSLOG_NG_MODULE_PATH=$modpath"
 echo "export KAR_SYSLOG_NG_LIB_PATH=$sng/usr/lib/syslog-ng"
