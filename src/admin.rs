@@ -108,6 +108,7 @@ fn answer(
         ),
         "/metrics" => {
             record_queue_gauges(metrics, queue, destinations);
+            metrics.set_ready(ready.get());
             text(
                 StatusCode::OK,
                 metrics.encode(),

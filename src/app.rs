@@ -132,6 +132,7 @@ impl App {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
+        metrics.set_queue_max_bytes(config.queue.max_bytes.0);
         let token = match &config.listen.token_file {
             Some(path) => {
                 Some(

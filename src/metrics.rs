@@ -67,6 +67,8 @@ pub struct Metrics {
     destination_backlog: Family<Labels, Gauge>,
     destination_oldest_seconds: Family<Labels, FloatGauge>,
     queue_bytes: Gauge,
+    queue_max_bytes: Gauge,
+    ready: Gauge,
     tls_handshake_failures: Family<Labels, Counter>,
     connections_evicted: Family<Labels, Counter>,
     connections_open: Gauge,
@@ -144,6 +146,8 @@ impl Metrics {
             destination_backlog: Family::default(),
             destination_oldest_seconds: Family::default(),
             queue_bytes: Gauge::default(),
+            queue_max_bytes: Gauge::default(),
+            ready: Gauge::default(),
             tls_handshake_failures: Family::default(),
             connections_evicted: Family::default(),
             connections_open: Gauge::default(),
@@ -220,6 +224,16 @@ impl Metrics {
             "queue_bytes",
             "Bytes held by the queue",
             m.queue_bytes.clone(),
+        );
+        r.register(
+            "queue_max_bytes",
+            "queue.max_bytes: above it the webhook answers 503 (or, with drop_oldest, drops the oldest)",
+            m.queue_max_bytes.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while /readyz answers 200 (listeners bound, queue open, not draining)",
+            m.ready.clone(),
         );
         r.register(
             "tls_handshake_failures",
@@ -328,6 +342,17 @@ impl Metrics {
     pub fn set_queue_bytes(&self, bytes: u64) {
         self.queue_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `queue.max_bytes`, for alerts on how full the queue is.
+    pub fn set_queue_max_bytes(&self, bytes: u64) {
+        self.queue_max_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets whether the relay is ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// Counts a refused TLS handshake (`reason` from [`crate::tls::failure_reason`]).

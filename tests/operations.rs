@@ -104,6 +104,8 @@ confirm_after = "20ms"
     assert_eq!(get("kar_request_duration_seconds_count"), 4.0);
     assert_eq!(get("kar_build_info{version=\"0.1.0\"}"), 1.0);
     assert!(m.contains_key("kar_queue_bytes"));
+    assert_eq!(get("kar_ready"), 1.0);
+    assert!(get("kar_queue_max_bytes") > 0.0);
 
     let admin = relay.admin.unwrap();
     for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/other", 404)] {
