@@ -94,10 +94,20 @@ pub struct EventView<'a> {
     #[serde(default, rename = "responseStatus")]
     pub response_status: Option<StatusView>,
     /// `stageTimestamp`.
-    #[serde(default, rename = "stageTimestamp", borrow, deserialize_with = "borrowed")]
+    #[serde(
+        default,
+        rename = "stageTimestamp",
+        borrow,
+        deserialize_with = "borrowed"
+    )]
     pub stage_timestamp: Option<Cow<'a, str>>,
     /// `requestReceivedTimestamp`.
-    #[serde(default, rename = "requestReceivedTimestamp", borrow, deserialize_with = "borrowed")]
+    #[serde(
+        default,
+        rename = "requestReceivedTimestamp",
+        borrow,
+        deserialize_with = "borrowed"
+    )]
     pub request_received_timestamp: Option<Cow<'a, str>>,
     /// `timestamp` (audit.k8s.io/v1beta1).
     #[serde(default, borrow, deserialize_with = "borrowed")]

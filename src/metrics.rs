@@ -255,6 +255,13 @@ impl Metrics {
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
             .set(1);
         r.register("build_info", "Build information", build);
+        // Series with a fixed set of label values exist from the start, at 0, so that
+        // `rate()` and alerts see them before the first increment.
+        for state in ["handshake", "idle"] {
+            let _ = m
+                .connections_evicted
+                .get_or_create(&vec![("state", state.to_owned())]);
+        }
         Self { registry, ..m }
     }
 

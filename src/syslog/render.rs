@@ -183,13 +183,11 @@ fn write_sanitized(out: &mut Vec<u8>, s: &str, max: usize) {
     if s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic()) {
         out.extend_from_slice(s.as_bytes());
     } else {
-        out.extend(s.chars().take(max).map(|c| {
-            if c.is_ascii_graphic() {
-                c as u8
-            } else {
-                b'_'
-            }
-        }));
+        out.extend(
+            s.chars()
+                .take(max)
+                .map(|c| if c.is_ascii_graphic() { c as u8 } else { b'_' }),
+        );
     }
     if out.len() == start {
         out.push(b'-');

@@ -241,3 +241,107 @@ pub async fn post_ok(addr: SocketAddr, body: Vec<u8>) -> HttpResponse {
     assert_eq!(r.status, 200, "{}", r.body);
     r
 }
+
+/// One HTTP/2 connection kept open and shared by several tasks, as the kube-apiserver keeps
+/// its webhook connection: every request is a stream on it; once it fails, the next request
+/// opens a new one (and, behind a load balancer, may land on another replica).
+pub struct PersistentH2 {
+    addr: SocketAddr,
+    options: ClientOptions,
+    sender: tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>>,
+    /// Connections opened so far.
+    pub connections: std::sync::atomic::AtomicU64,
+}
+
+impl PersistentH2 {
+    pub fn new(addr: SocketAddr, options: &ClientOptions) -> Self {
+        let mut options = options.clone();
+        options.http2 = true;
+        Self {
+            addr,
+            options,
+            sender: tokio::sync::Mutex::new(None),
+            connections: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, ClientError> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| ClientError(format!("connect: {e}")))?;
+        let err = |e: hyper::Error| ClientError(format!("http: {e}"));
+        self.connections
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match &self.options.ca {
+            None => {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await
+                        .map_err(err)?;
+                tokio::spawn(conn);
+                Ok(sender)
+            }
+            Some(_) => {
+                let connector = tokio_rustls::TlsConnector::from(client_tls_config(&self.options));
+                let tls = connector
+                    .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                    .await
+                    .map_err(|e| ClientError(format!("tls: {e}")))?;
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .map_err(err)?;
+                tokio::spawn(conn);
+                Ok(sender)
+            }
+        }
+    }
+
+    /// POSTs an EventList body as a stream of the shared connection.
+    pub async fn post_batch(&self, body: Vec<u8>) -> Result<HttpResponse, ClientError> {
+        let mut sender = {
+            let mut slot = self.sender.lock().await;
+            match slot.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let s = self.connect().await?;
+                    *slot = Some(s.clone());
+                    s
+                }
+            }
+        };
+        let req = Request::builder()
+            .method("POST")
+            .uri("/?timeout=30s")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let err = |e: hyper::Error| ClientError(format!("http: {e}"));
+        let result = async {
+            let response = sender.send_request(req).await.map_err(err)?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(err)?
+                .to_bytes();
+            Ok(HttpResponse {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                alpn: Some(b"h2".to_vec()),
+            })
+        }
+        .await;
+        if result.is_err() {
+            // A broken connection: the next request opens a new one.
+            *self.sender.lock().await = None;
+        }
+        result
+    }
+}

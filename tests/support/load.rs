@@ -8,7 +8,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::client::PersistentH2;
 use super::{ClientOptions, post_batch};
+
+/// Where and how the load posts.
+#[derive(Clone)]
+pub enum Target {
+    /// A new connection per request (plain HTTP, or the options' TLS and protocol).
+    PerRequest(SocketAddr, ClientOptions),
+    /// Streams of one shared HTTP/2 connection, reopened when it breaks (the apiserver's way).
+    Persistent(Arc<PersistentH2>),
+}
+
+impl Target {
+    async fn post(&self, body: Vec<u8>) -> Result<super::HttpResponse, super::client::ClientError> {
+        match self {
+            Target::PerRequest(addr, options) => post_batch(*addr, options, body).await,
+            Target::Persistent(connection) => connection.post_batch(body).await,
+        }
+    }
+}
 
 /// The template: the first event of a real apiserver capture (Metadata level, ~700 B).
 fn template() -> serde_json::Value {
@@ -28,6 +47,16 @@ pub struct Load {
 impl Load {
     /// Starts `concurrency` posting tasks against `addr` (plain HTTP), `batch` events per request.
     pub fn start(addr: SocketAddr, prefix: &str, concurrency: usize, batch: usize) -> Load {
+        Self::start_on(
+            Target::PerRequest(addr, ClientOptions::default()),
+            prefix,
+            concurrency,
+            batch,
+        )
+    }
+
+    /// Like [`Load::start`], posting to `target`.
+    pub fn start_on(target: Target, prefix: &str, concurrency: usize, batch: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let statuses = Arc::new(Mutex::new(BTreeMap::new()));
@@ -36,6 +65,7 @@ impl Load {
         let template = Arc::new(template());
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
+            let target = target.clone();
             let (stop, acked, statuses, retry_after, next, template) = (
                 stop.clone(),
                 acked.clone(),
@@ -61,7 +91,7 @@ impl Load {
                         "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{{}},\"items\":[{}]}}\n",
                         items.join(",")
                     );
-                    let sent = tokio::time::timeout(Duration::from_secs(15), post_batch(addr, &ClientOptions::default(), body.into_bytes())).await;
+                    let sent = tokio::time::timeout(Duration::from_secs(15), target.post(body.into_bytes())).await;
                     let key = match sent {
                         Ok(Ok(r)) => {
                             if r.status == 200 {

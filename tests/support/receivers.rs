@@ -50,10 +50,16 @@ type ConfigureFn = dyn Fn(&Path, &[u16]) + Send;
 /// A receiver configuration from `deploy/receivers/` (the files the documentation points to),
 /// with its `@PLACEHOLDERS@` filled in.
 fn template(name: &str, values: &[(&str, String)]) -> String {
+    deploy_template(&format!("receivers/{name}"), name, values)
+}
+
+/// `deploy/REL` with its placeholders filled in (`fallback` is the text when no such file).
+fn deploy_template(rel: &str, fallback: &str, values: &[(&str, String)]) -> String {
+    let name = rel;
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy/receivers")
-        .join(name);
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| name.to_owned());
+        .join("deploy")
+        .join(rel);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| fallback.to_owned());
     for (key, value) in values {
         text = text.replace(key, value);
     }
@@ -332,6 +338,112 @@ impl Receiver {
         })
         .await;
         ports.iter().all(|p| ports::listening(pid, *p))
+    }
+
+    /// HAProxy running `deploy/haproxy/haproxy.cfg` in front of three relays, each given as
+    /// (webhook address, admin port); listener `webhook`. `None` (after the skip/fail rule)
+    /// when haproxy is missing.
+    pub async fn haproxy(relays: &[(std::net::SocketAddr, u16); 3]) -> Option<Receiver> {
+        let bin = std::env::var("KAR_HAPROXY").unwrap_or_else(|_| "/usr/sbin/haproxy".into());
+        if !Path::new(&bin).exists() {
+            missing_receiver("haproxy");
+            return None;
+        }
+        let relays = *relays;
+        let configure = move |dir: &Path, p: &[u16]| {
+            let mut values = vec![
+                ("@BIND@", "127.0.0.1".to_owned()),
+                ("@WEBHOOK_PORT@", p[0].to_string()),
+            ];
+            let keys = [
+                ("@RELAY_0@", "@RELAY_0_ADMIN_PORT@"),
+                ("@RELAY_1@", "@RELAY_1_ADMIN_PORT@"),
+                ("@RELAY_2@", "@RELAY_2_ADMIN_PORT@"),
+            ];
+            for ((addr, admin), (a, b)) in relays.iter().zip(keys) {
+                values.push((a, addr.to_string()));
+                values.push((b, admin.to_string()));
+            }
+            let conf = deploy_template("haproxy/haproxy.cfg", "", &values);
+            assert!(!conf.contains('@'), "unfilled placeholder in haproxy.cfg");
+            std::fs::write(dir.join("haproxy.cfg"), conf).unwrap();
+        };
+        let start = move |dir: &Path| {
+            Command::new(&bin)
+                .arg("-db")
+                .arg("-f")
+                .arg(dir.join("haproxy.cfg"))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("haproxy.out"))?)
+                .stderr(std::fs::File::create(dir.join("haproxy.err"))?)
+                .spawn()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        Some(
+            Receiver::launch(
+                dir,
+                "haproxy",
+                &["webhook"],
+                Box::new(configure),
+                Box::new(start),
+            )
+            .await,
+        )
+    }
+
+    /// A real Prometheus scraping `targets` (admin listeners) every second as job
+    /// `kube-audit-relay`, evaluating `deploy/prometheus/alerts.yaml` every second; listener
+    /// `web` (its HTTP API). `None` (after the skip/fail rule) when prometheus is missing.
+    pub async fn prometheus(targets: &[std::net::SocketAddr]) -> Option<Receiver> {
+        let bin = std::env::var("KAR_PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".into());
+        if !Path::new(&bin).exists() {
+            missing_receiver("prometheus");
+            return None;
+        }
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yaml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: kube-audit-relay\n    static_configs:\n      - targets: [{}]\n",
+            rules.display(),
+            targets.join(", ")
+        );
+        let configure = move |dir: &Path, _: &[u16]| {
+            std::fs::write(dir.join("prometheus.yml"), &config).unwrap();
+        };
+        let start = move |dir: &Path| {
+            // The port is the one launch picked; it is in the file name launch reads back.
+            let port = std::fs::read_to_string(dir.join("port"))?;
+            Command::new(&bin)
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{}", port.trim()))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("prometheus.out"))?)
+                .stderr(std::fs::File::create(dir.join("prometheus.err"))?)
+                .spawn()
+        };
+        let write_port = move |dir: &Path, p: &[u16]| {
+            configure(dir, p);
+            std::fs::write(dir.join("port"), p[0].to_string()).unwrap();
+        };
+        let dir = tempfile::tempdir().unwrap();
+        Some(
+            Receiver::launch(
+                dir,
+                "prometheus",
+                &["web"],
+                Box::new(write_port),
+                Box::new(start),
+            )
+            .await,
+        )
     }
 
     /// Starts (again) on the same ports and files.
