@@ -9,10 +9,9 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use support::load::{Load, report, tally};
+use support::load::{Load, assert_no_loss, load_runs, report, settle};
 use support::receivers::{PeerAuth, Receiver};
 use support::{RelayProcess as Relay, cert, wait_until};
 
@@ -42,39 +41,6 @@ confirm_after = "300ms"
         tls = receiver.port("tls"),
         ca = cert("ca.crt"),
     )
-}
-
-/// Waits until every acked event arrived (or the timeout), then tallies.
-async fn settle(
-    receiver: &Receiver,
-    acked: &HashSet<String>,
-    timeout: Duration,
-) -> support::load::Tally {
-    wait_until(timeout, || {
-        let got: HashSet<String> = receiver.audit_ids().into_iter().collect();
-        acked.iter().all(|id| got.contains(id))
-    })
-    .await;
-    tally(acked, &receiver.audit_ids())
-}
-
-/// Lets the load run until `n` more events were answered 200.
-async fn load_runs(load: &Load, n: usize) -> bool {
-    let before = load.acked_count();
-    wait_until(Duration::from_secs(30), || load.acked_count() >= before + n).await
-}
-
-fn assert_no_loss(scenario: &str, t: support::load::Tally, min_acked: usize) {
-    assert!(
-        t.acked >= min_acked,
-        "{scenario}: only {} events acknowledged; the load did not run",
-        t.acked
-    );
-    assert_eq!(
-        t.lost, 0,
-        "{scenario}: {} acknowledged events never arrived ({t:?})",
-        t.lost
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,3 +191,36 @@ pub fn report(scenario: &str, t: Tally, extra: &str) {
         let _ = f.write_all(line.as_bytes());
     }
 }
+
+/// Waits until every acked event arrived (or the timeout), then tallies.
+pub async fn settle(
+    receiver: &super::receivers::Receiver,
+    acked: &HashSet<String>,
+    timeout: Duration,
+) -> Tally {
+    super::wait_until(timeout, || {
+        let got: HashSet<String> = receiver.audit_ids().into_iter().collect();
+        acked.iter().all(|id| got.contains(id))
+    })
+    .await;
+    tally(acked, &receiver.audit_ids())
+}
+
+/// Lets the load run until `n` more events were answered 200.
+pub async fn load_runs(load: &Load, n: usize) -> bool {
+    let before = load.acked_count();
+    super::wait_until(Duration::from_secs(30), || load.acked_count() >= before + n).await
+}
+
+pub fn assert_no_loss(scenario: &str, t: Tally, min_acked: usize) {
+    assert!(
+        t.acked >= min_acked,
+        "{scenario}: only {} events acknowledged; the load did not run",
+        t.acked
+    );
+    assert_eq!(
+        t.lost, 0,
+        "{scenario}: {} acknowledged events never arrived ({t:?})",
+        t.lost
+    );
+}

@@ -365,7 +365,9 @@ impl Receiver {
                 values.push((b, admin.to_string()));
             }
             let conf = deploy_template("haproxy/haproxy.cfg", "", &values);
-            assert!(!conf.contains('@'), "unfilled placeholder in haproxy.cfg");
+            for key in ["@BIND@", "@WEBHOOK_PORT@", "@RELAY_"] {
+                assert!(!conf.contains(key), "unfilled {key} in haproxy.cfg");
+            }
             std::fs::write(dir.join("haproxy.cfg"), conf).unwrap();
         };
         let start = move |dir: &Path| {
