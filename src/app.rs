@@ -277,6 +277,7 @@ impl App {
             webhook,
             metrics,
             limits: ConnectionLimits::from(&config.listen),
+            allowed_client_names: config.listen.allowed_client_names.clone(),
         };
         listener::serve(
             listeners.webhook,

@@ -133,6 +133,8 @@ pub fn generate(dir: &Path, options: GenOptions) -> Result<(), CertError> {
             ("expired-server", "localhost", true, (2020, 2021)),
             ("future-server", "localhost", true, (2040, 2045)),
             ("wrongname-server", "elsewhere.invalid", true, VALID),
+            // Same CA, another client: for listen.allowed_client_names.
+            ("sibling-client", "kube-controller-manager", false, VALID),
         ];
         for &(file, cn, server, validity) in extras {
             let key = KeyPair::generate()?;

@@ -72,6 +72,7 @@ pub struct Metrics {
     tls_handshake_failures: Family<Labels, Counter>,
     connections_evicted: Family<Labels, Counter>,
     connections_open: Gauge,
+    clients_refused: Family<Labels, Counter>,
     /// Serialises [`Metrics::set_dropped_total`]'s read-then-add.
     totals: std::sync::Mutex<()>,
 }
@@ -151,6 +152,7 @@ impl Metrics {
             tls_handshake_failures: Family::default(),
             connections_evicted: Family::default(),
             connections_open: Gauge::default(),
+            clients_refused: Family::default(),
             totals: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
@@ -249,6 +251,11 @@ impl Metrics {
             "connections_open",
             "Webhook connections open (each holds one of listen.max_connections)",
             m.connections_open.clone(),
+        );
+        r.register(
+            "clients_refused",
+            "Webhook connections whose client certificate chains to client_ca but is refused, by reason (name_not_allowed: not in listen.allowed_client_names)",
+            m.clients_refused.clone(),
         );
         let build = Family::<Labels, Gauge>::default();
         build
@@ -360,6 +367,13 @@ impl Metrics {
     /// Sets whether the relay is ready.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Counts a connection whose client certificate the allow-list refused.
+    pub fn client_refused(&self, reason: &'static str) {
+        self.clients_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// Counts a refused TLS handshake (`reason` from [`crate::tls::failure_reason`]).

@@ -44,6 +44,9 @@ pub enum WebhookError {
     /// `listen.token_file` is set and the request lacks that bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The client certificate matches none of `listen.allowed_client_names`.
+    #[error("client certificate ({0}) is not in listen.allowed_client_names")]
+    Forbidden(String),
     /// Not `application/json`.
     #[error("unsupported content type `{0}`: send application/json")]
     UnsupportedMediaType(String),
@@ -76,6 +79,7 @@ impl WebhookError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBatch(_) | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
@@ -83,6 +87,15 @@ impl WebhookError {
             Self::Unavailable(_) | Self::StoreTimeout => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
+}
+
+/// Whether the connection's client may post, as the listener found after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Plain HTTP, no allow-list, or a certificate the allow-list names.
+    Allowed,
+    /// A certificate the allow-list does not name; the names it presented.
+    Refused(String),
 }
 
 /// How much of a refused body is read and thrown away.
@@ -140,14 +153,21 @@ impl Webhook {
     }
 
     /// Answers one request; never fails, never panics on input.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        access: &Access,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let mut unread = Some(Unread {
             body,
             untouched: true,
         });
-        let result = self.accept(&parts, &mut unread).await;
+        let result = match access {
+            Access::Allowed => self.accept(&parts, &mut unread).await,
+            Access::Refused(names) => Err(WebhookError::Forbidden(names.clone())),
+        };
         let response = match result {
             Ok(summary) => {
                 self.count(&summary);

@@ -398,3 +398,88 @@ async fn outbound_certificate_pin() {
     assert!(m[key] >= 1.0, "{m:?}");
     assert_eq!(sink.count(), 0, "nothing is sent to an unpinned receiver");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_client_names_refuse_a_sibling_certificate_with_403() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = Relay::start(&format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+tls_cert = "{crt}"
+tls_key = "{key}"
+client_ca = "{ca}"
+allowed_client_names = ["kube-apiserver", "spiffe://cluster.local/ns/kube-system/sa/*"]
+[queue]
+kind = "memory"
+[[destination]]
+name = "sink"
+url = "tcp://127.0.0.1:{port}"
+confirm_after = "20ms"
+"#,
+        crt = cert("server.crt"),
+        key = cert("server.key"),
+        ca = cert("ca.crt"),
+        port = sink.addr.port()
+    ))
+    .await;
+    for http2 in [false, true] {
+        // Same CA, another name: the handshake succeeds, every request gets 403.
+        let sibling =
+            ClientOptions::https(Some(("sibling-client.crt", "sibling-client.key")), http2);
+        let r = post_batch(relay.addr, &sibling, batch_at(1)).await.unwrap();
+        assert_eq!(r.status, 403, "http2={http2}: {}", r.body);
+        assert!(r.body.contains("kube-controller-manager"), "{}", r.body);
+        assert!(r.body.contains("allowed_client_names"), "{}", r.body);
+        // The apiserver's certificate is named: 200.
+        let apiserver = ClientOptions::https(Some(("client.crt", "client.key")), http2);
+        let r = post_batch(relay.addr, &apiserver, batch_at(usize::from(http2) + 2))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "http2={http2}: {}", r.body);
+    }
+    assert!(
+        relay
+            .wait_log(
+                "client certificate not in listen.allowed_client_names",
+                Duration::from_secs(5)
+            )
+            .await
+    );
+    let line = relay
+        .logs
+        .find("client certificate not in listen.allowed_client_names")
+        .unwrap();
+    assert!(line.contains("names=kube-controller-manager"), "{line}");
+    let m = relay
+        .wait_metric(
+            "kar_clients_refused_total{reason=\"name_not_allowed\"}",
+            2.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(m["kar_requests_total{code=\"403\"}"], 2.0);
+    // Nothing of the refused batches was relayed: only the two accepted ones.
+    let got = sink.wait_for(6, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.messages().len(), 6, "{got:?}");
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+}
+
+#[test]
+fn allowed_client_names_without_client_certificates_is_a_config_error() {
+    let err = kube_audit_relay::config::Config::parse(
+        "[listen]\nallowed_client_names = [\"kube-apiserver\"]\n",
+        std::path::Path::new("relay.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("listen.allowed_client_names"), "{err}");
+    assert!(err.contains("client_ca"), "{err}");
+    let err = kube_audit_relay::config::Config::parse(
+        "[listen]\nallowed_client_names = [\"has space\"]\n",
+        std::path::Path::new("relay.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("allowed_client_names"), "{err}");
+}

@@ -81,6 +81,46 @@ pub struct ListenConfig {
     /// Time allowed for that discarding, and for the lingering close. Default 5s.
     #[serde(with = "duration")]
     pub discard_timeout: Duration,
+    /// Client certificates allowed to post (globs over DNS and URI SANs and subject CN); a
+    /// certificate that chains to `client_ca` but matches none gets 403. Default: any.
+    #[serde(skip_serializing_if = "ClientNames::is_empty")]
+    pub allowed_client_names: ClientNames,
+}
+
+/// `listen.allowed_client_names`: glob patterns, each non-empty printable ASCII.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ClientNames(Vec<String>);
+
+impl ClientNames {
+    /// The patterns (already checked by the parser; tests build them directly).
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self(patterns)
+    }
+
+    /// Whether no pattern is set (every client the CA vouches for may post).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The patterns.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientNames {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let patterns = Vec::<String>::deserialize(d)?;
+        for p in &patterns {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(de::Error::custom(format!(
+                    "`{p}` is not a name pattern: printable ASCII without spaces, `*` for any run of characters"
+                )));
+            }
+        }
+        Ok(Self(patterns))
+    }
 }
 
 impl Default for ListenConfig {
@@ -127,6 +167,7 @@ struct ListenFile {
     discard_body_bytes: ByteSize,
     #[serde(with = "duration")]
     discard_timeout: Duration,
+    allowed_client_names: ClientNames,
 }
 
 impl Default for ListenFile {
@@ -150,6 +191,7 @@ impl Default for ListenFile {
             token_file: None,
             discard_body_bytes: ByteSize(128 << 20),
             discard_timeout: secs(5),
+            allowed_client_names: ClientNames::default(),
         }
     }
 }
@@ -180,6 +222,7 @@ impl From<ListenFile> for ListenConfig {
             token_file: f.token_file,
             discard_body_bytes: f.discard_body_bytes,
             discard_timeout: f.discard_timeout,
+            allowed_client_names: f.allowed_client_names,
         }
     }
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use destination::{DestinationConfig, Endpoint, Format, Framing, Oversize, Pin, Scheme};
 pub use integrity::IntegrityConfig;
-pub use listen::{AdminConfig, ClientAuth, ListenConfig};
+pub use listen::{AdminConfig, ClientAuth, ClientNames, ListenConfig};
 pub use queue::{QueueConfig, QueueKind, WhenFull};
 pub use rules::{Action, FilterRule, JsonPointer, RedactRule};
 pub use syslog::{AppName, Hostname, SyslogConfig};
@@ -235,6 +235,13 @@ impl Config {
             return Err(bad(
                 "listen.client_ca",
                 "required when client_auth is optional or required".into(),
+            ));
+        }
+        if !l.allowed_client_names.is_empty() && l.client_auth != ClientAuth::Required {
+            return Err(bad(
+                "listen.allowed_client_names",
+                "needs client certificates: set listen.client_ca (client_auth = \"required\")"
+                    .into(),
             ));
         }
         for (key, path) in [

@@ -3,6 +3,7 @@
 //! deadline, and serves HTTP/1.1 and HTTP/2 on each connection until shutdown, with a
 //! lingering close (`linger`) so that answers are not lost to a reset.
 
+pub mod identity;
 mod linger;
 mod slots;
 
@@ -18,10 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ListenConfig;
+use crate::config::{ClientNames, ListenConfig};
 use crate::metrics::{Metrics, Side};
 use crate::tls::{self, ReloadingServerConfig};
-use crate::webhook::Webhook;
+use crate::webhook::{Access, Webhook};
+use identity::ClientIdentity;
 use linger::Lingering;
 use slots::{Connection, Slot, Slots};
 
@@ -66,6 +68,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// Per-connection limits.
     pub limits: ConnectionLimits,
+    /// `listen.allowed_client_names` (empty: any client the CA vouches for).
+    pub allowed_client_names: ClientNames,
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled. Connection tasks are
@@ -130,22 +134,25 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let connection = slot.connection.clone();
     let io = Lingering::new(stream, service.limits.linger, connection.clone());
-    let webhook = service.webhook.clone();
-    let (on_request, metrics) = (connection.clone(), service.metrics.clone());
-    let handler = service_fn(move |request| {
-        let webhook = webhook.clone();
-        let active = InFlight::start(on_request.clone(), metrics.clone());
-        async move {
-            let response = webhook.handle(request).await;
-            drop(active);
-            Ok::<_, Infallible>(response)
-        }
-    });
+    let handler = |access: Access| {
+        let webhook = service.webhook.clone();
+        let (on_request, metrics) = (connection.clone(), service.metrics.clone());
+        let access = Arc::new(access);
+        service_fn(move |request| {
+            let (webhook, access) = (webhook.clone(), access.clone());
+            let active = InFlight::start(on_request.clone(), metrics.clone());
+            async move {
+                let response = webhook.handle(request, &access).await;
+                drop(active);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
     let evict = connection.evict.clone();
-    match service.tls {
+    match service.tls.clone() {
         None => {
             drive(
-                http.serve_connection(TokioIo::new(io), handler),
+                http.serve_connection(TokioIo::new(io), handler(Access::Allowed)),
                 peer,
                 &shutdown,
                 &evict,
@@ -176,8 +183,9 @@ async fn serve_connection(
                 },
             };
             connection.handshake_done();
+            let access = check_client(&stream, &service, peer);
             drive(
-                http.serve_connection(TokioIo::new(stream), handler),
+                http.serve_connection(TokioIo::new(stream), handler(access)),
                 peer,
                 &shutdown,
                 &evict,
@@ -186,6 +194,32 @@ async fn serve_connection(
         }
     }
     drop(slot);
+}
+
+/// Checks the client certificate against `listen.allowed_client_names`, once per connection;
+/// a refused client's requests are answered 403 (the webhook chooses the status).
+fn check_client<IO>(
+    stream: &tokio_rustls::server::TlsStream<IO>,
+    service: &Service,
+    peer: SocketAddr,
+) -> Access {
+    if service.allowed_client_names.is_empty() {
+        return Access::Allowed;
+    }
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(ClientIdentity::of)
+        .unwrap_or_default();
+    if identity.allowed_by(&service.allowed_client_names) {
+        return Access::Allowed;
+    }
+    let names = identity.describe();
+    tracing::warn!(%peer, %names, "client certificate not in listen.allowed_client_names; its requests get 403");
+    service.metrics.client_refused("name_not_allowed");
+    Access::Refused(names)
 }
 
 /// Marks a request in flight on its connection (and in the metrics) for as long as it lives,
