@@ -63,6 +63,7 @@ pub struct Metrics {
     events_redacted: Counter,
     events_dropped: Family<Labels, Counter>,
     events_sent: Family<Labels, Counter>,
+    events_routed_away: Family<Labels, Counter>,
     destination_up: Family<Labels, Gauge>,
     destination_backlog: Family<Labels, Gauge>,
     destination_oldest_seconds: Family<Labels, FloatGauge>,
@@ -86,6 +87,7 @@ pub struct DestinationMetrics {
     oldest: FloatGauge,
     truncated: Counter,
     too_large: Counter,
+    routed_away: Counter,
 }
 
 impl DestinationMetrics {
@@ -97,6 +99,11 @@ impl DestinationMetrics {
     /// Counts one event not sent to this destination because it does not fit.
     pub fn too_large(&self) {
         self.too_large.inc();
+    }
+
+    /// Counts `n` events this destination's rules routed away (skipped, not sent).
+    pub fn routed_away(&self, n: u64) {
+        self.routed_away.inc_by(n);
     }
 
     /// Counts `n` events confirmed delivered.
@@ -143,6 +150,7 @@ impl Metrics {
             events_redacted: Counter::default(),
             events_dropped: Family::default(),
             events_sent: Family::default(),
+            events_routed_away: Family::default(),
             destination_up: Family::default(),
             destination_backlog: Family::default(),
             destination_oldest_seconds: Family::default(),
@@ -206,6 +214,11 @@ impl Metrics {
             "events_sent",
             "Events confirmed delivered, per destination",
             m.events_sent.clone(),
+        );
+        r.register(
+            "events_routed_away",
+            "Events a destination's [[destination.filter]] rules skipped, per destination",
+            m.events_routed_away.clone(),
         );
         r.register(
             "destination_up",
@@ -349,6 +362,7 @@ impl Metrics {
                     ("reason", "too_large".to_owned()),
                 ])
                 .clone(),
+            routed_away: self.events_routed_away.get_or_create(&labels).clone(),
         }
     }
 

@@ -9,6 +9,7 @@ use rustls_pki_types::ServerName;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::rules::FilterRule;
 use super::units::{self, ByteSize, Name, duration, secs};
 
 /// `framing`: how records are delimited on a stream.
@@ -379,6 +380,11 @@ pub struct DestinationConfig {
         serialize_with = "duration::serialize"
     )]
     pub relp_ack_timeout: Duration,
+    /// Keep/drop rules for this destination only (the same fields as the global
+    /// `[[filter]]`, first match decides, no match keeps): `[[destination.filter]]` tables.
+    /// What they drop is skipped by this destination's cursor and confirmed at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<FilterRule>,
 }
 
 fn optional_message_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
@@ -446,6 +452,7 @@ impl DestinationConfig {
             oversize: default_oversize(),
             relp_window: default_relp_window(),
             relp_ack_timeout: default_relp_ack_timeout(),
+            filter: Vec::new(),
         }
     }
 

@@ -275,6 +275,20 @@ impl Config {
                         "HTTP destinations carry the events' JSON only, without the trail's structured data: not with [integrity]".into(),
                     ));
                 }
+                if !d.filter.is_empty() {
+                    return Err(bad(
+                        &key("filter"),
+                        "not with [integrity]: every destination receives the whole chain, and records routed away would be reported missing by verify; filter globally with [[filter]] instead".into(),
+                    ));
+                }
+                if d.url.scheme() == Some(Scheme::Udp)
+                    && d.max_datagram_bytes < self.syslog.max_message_bytes
+                {
+                    return Err(bad(
+                        &key("max_datagram_bytes"),
+                        "cannot be below syslog.max_message_bytes with [integrity]: a record cut to fit a datagram no longer verifies".into(),
+                    ));
+                }
                 if d.max_message_bytes
                     .is_some_and(|m| m < self.syslog.max_message_bytes)
                 {

@@ -12,10 +12,12 @@
 pub mod connect;
 pub mod http;
 pub mod relp;
+pub mod route;
 pub mod stream;
 pub mod udp;
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,7 @@ use crate::syslog::convert::audit_id;
 use crate::syslog::encode::Prepared;
 use crate::tls::{self, ClientTlsFiles, ReloadingClientConfig};
 use connect::{ClientTls, ConnectError, Connector};
+use route::Route;
 use stream::{NetworkSession, StdoutSession, StreamSettings};
 
 /// Why a destination cannot be set up.
@@ -187,6 +190,14 @@ pub struct Destination {
     transport: Transport,
     retry: Retry,
     reader: Reader,
+    /// `[[destination.filter]]`, when the destination has rules.
+    route: Option<Route>,
+    /// Records routed away per batch read and not yet committed, `(end seq, count)`: they
+    /// are skipped, not sent, and so not counted in `sent`.
+    routed: VecDeque<(u64, u64)>,
+    /// Highest position whose routed-away records were counted (a batch read again after a
+    /// reconnect is not counted twice).
+    routed_through: u64,
 }
 
 impl Destination {
@@ -293,6 +304,9 @@ impl Destination {
                 batch_bytes,
             },
             reader,
+            route: Route::new(&config.filter),
+            routed: VecDeque::new(),
+            routed_through: 0,
         })
     }
 
@@ -405,10 +419,19 @@ impl Destination {
     ) -> Result<(), End> {
         self.gauges.set_up(true);
         let mut batch: Vec<Bytes> = Vec::new();
+        // Ends of batches sent on this session and not yet confirmed, and the end of the
+        // latest batch routing left empty: it is committed once nothing before it is
+        // outstanding (at once, when nothing is).
+        let mut outstanding: VecDeque<Position> = VecDeque::new();
+        let mut skipped: Option<Position> = None;
+        self.routed.clear();
         loop {
             if signals.drain.is_cancelled() && self.reader.caught_up() {
                 if let Some(last) = session.close().await? {
                     self.commit(last);
+                }
+                if let Some(end) = skipped {
+                    self.commit(end);
                 }
                 return Ok(());
             }
@@ -419,12 +442,33 @@ impl Destination {
                     session.abort().await;
                     return Ok(());
                 }
-                confirmed = session.confirmed() => self.commit(confirmed?),
+                confirmed = session.confirmed() => {
+                    let position = confirmed?;
+                    self.commit(position);
+                    while outstanding.front().is_some_and(|e| *e <= position) {
+                        outstanding.pop_front();
+                    }
+                    if outstanding.is_empty() && let Some(end) = skipped.take() {
+                        self.commit(end);
+                    }
+                }
                 next = self.reader.next_batch(self.retry.batch_bytes, room, &mut batch), if room > 0 => {
                     let end = next.map_err(End::Queue)?;
+                    self.route(&mut batch, end);
+                    if batch.is_empty() {
+                        if outstanding.is_empty() {
+                            self.commit(end);
+                        } else {
+                            skipped = Some(end);
+                        }
+                        continue;
+                    }
                     let sent = session.send(&batch, end).await;
                     batch.clear();
                     sent?;
+                    // Its confirmation covers any skipped batch before it.
+                    skipped = None;
+                    outstanding.push_back(end);
                 }
                 // Wakes an idle sender when the drain starts, so it can finish.
                 _ = signals.drain.cancelled(), if !signals.drain.is_cancelled() => {}
@@ -432,12 +476,39 @@ impl Destination {
         }
     }
 
-    /// Confirms delivery up to `position` and counts it.
+    /// Drops from `batch` (ending at `end`) what this destination's rules route away,
+    /// counting them once.
+    fn route(&mut self, batch: &mut Vec<Bytes>, end: Position) {
+        let Some(route) = &self.route else {
+            return;
+        };
+        let before = batch.len();
+        batch.retain(|record| route.wants(record));
+        let away = (before - batch.len()) as u64;
+        if away > 0 {
+            self.routed.push_back((end.seq, away));
+            if end.seq > self.routed_through {
+                self.gauges.routed_away(away);
+            }
+        }
+        self.routed_through = self.routed_through.max(end.seq);
+    }
+
+    /// Confirms delivery up to `position` and counts it (records routed away are not sent).
     fn commit(&mut self, position: Position) {
         let before = self.reader.backlog();
         self.reader.commit(position);
         let after = self.reader.backlog();
-        self.gauges.sent(before.saturating_sub(after));
+        let mut away = 0;
+        while let Some(&(end, n)) = self.routed.front() {
+            if end > position.seq {
+                break;
+            }
+            away += n;
+            self.routed.pop_front();
+        }
+        self.gauges
+            .sent(before.saturating_sub(after).saturating_sub(away));
         self.gauges.set_backlog(after);
     }
 }

@@ -16,6 +16,7 @@
 pub mod check;
 pub mod client;
 pub mod corpus;
+pub mod interop;
 pub mod load;
 pub mod ports;
 pub mod receivers;
