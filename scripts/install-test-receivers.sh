@@ -4,7 +4,8 @@
 #   - syslog-ng, unpacked privately into target/test-receivers/syslog-ng, because Debian's
 #     syslog-ng-core conflicts with rsyslog as a package (its library dependencies do not);
 #   - for the fleet tests: HAProxy, Prometheus (with promtool), kubectl, and kubernetes-validate
-#     (PyPI) in a private venv under target/test-receivers/venv.
+#     (PyPI) in a private venv under target/test-receivers/venv; there too pycef,
+#     ocsf-json-schema and jsonschema, which check the CEF and OCSF output.
 # Prints the environment the tests read (KAR_RSYSLOGD, KAR_SYSLOG_NG, ...) as `export` lines.
 # Needs root (or sudo) for apt-get. Never starts or reconfigures a system logger.
 set -euo pipefail
@@ -64,11 +65,15 @@ if [ ${#fleet[@]} -gt 0 ]; then
     || { echo "install-test-receivers: apt-get install ${fleet[*]} failed (see $log)" >&2; exit 1; }
 fi
 venv=$dest/venv
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv" >>"$log" 2>&1 \
-    && "$venv/bin/pip" install -q 'kubernetes-validate==1.37.0' >>"$log" 2>&1 \
-    || { echo "install-test-receivers: pip install kubernetes-validate failed (see $log)" >&2; exit 1; }
+# kubernetes-validate (manifests), pycef (CEF), ocsf-json-schema + jsonschema (OCSF): the
+# independent checkers of tests/deploy.rs and tests/formats.rs.
+pip_pins=('kubernetes-validate==1.37.0' 'pycef==1.11' 'ocsf-json-schema==1.2.0' 'jsonschema==4.26.0')
+if ! { [ -x "$venv/bin/kubernetes-validate" ] \
+       && "$venv/bin/python" -c 'import pycef, ocsf_json_schema, jsonschema' >/dev/null 2>&1; }; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >>"$log" 2>&1 \
+    || { echo "install-test-receivers: python3 -m venv failed (see $log)" >&2; exit 1; }
+  "$venv/bin/pip" install -q "${pip_pins[@]}" >>"$log" 2>&1 \
+    || { echo "install-test-receivers: pip install ${pip_pins[*]} failed (see $log)" >&2; exit 1; }
 fi
 
 # Installing rsyslog may start the system service on hosts with an init system; the tests
@@ -104,6 +109,7 @@ echo "export KAR_PROMETHEUS=$(command -v prometheus || echo /usr/bin/prometheus)
 echo "export KAR_PROMTOOL=$(command -v promtool || echo /usr/bin/promtool)"
 echo "export KAR_KUBECTL=$(command -v kubectl || echo /usr/bin/kubectl)"
 echo "export KAR_KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate"
+echo "export KAR_CHECK_PYTHON=$venv/bin/python"
 echo "export KAR_SYSLOG_NG=$sng/usr/sbin/syslog-ng"
 echo "export KAR_SYSLOG_NG_MODULE_PATH=$modpath"
 echo "export KAR_SYSLOG_NG_LIB_PATH=$sng/usr/lib/syslog-ng"

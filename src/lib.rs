@@ -34,6 +34,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod sender;
 pub mod shutdown;
+pub mod siem;
 pub mod stamp;
 pub mod syslog;
 pub mod tls;

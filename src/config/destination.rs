@@ -33,7 +33,7 @@ pub enum Oversize {
     Drop,
 }
 
-/// `format`: the syslog message format written to a destination.
+/// `format`: the message format written to a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -41,6 +41,19 @@ pub enum Format {
     Rfc5424,
     /// RFC 3164 (BSD syslog), converted at send time.
     Rfc3164,
+    /// ArcSight Common Event Format (CEF 0).
+    Cef,
+    /// IBM QRadar Log Event Extended Format 2.0.
+    Leef,
+    /// An OCSF API Activity event (JSON).
+    Ocsf,
+}
+
+impl Format {
+    /// Whether this is a SIEM format (the event rewritten, not the syslog record as stored).
+    pub fn is_siem(self) -> bool {
+        matches!(self, Format::Cef | Format::Leef | Format::Ocsf)
+    }
 }
 
 /// The scheme of a destination URL.
@@ -308,9 +321,16 @@ pub struct DestinationConfig {
     /// `octet` (default) or `lf`; ignored for `udp://` (one record per datagram).
     #[serde(default = "default_framing")]
     pub framing: Framing,
-    /// `rfc5424` (default) or `rfc3164` for old receivers.
+    /// `rfc5424` (default), `rfc3164` for old receivers, or a SIEM's own format: `cef`
+    /// (ArcSight), `leef` (QRadar), `ocsf` (OCSF API Activity JSON). Mappings:
+    /// `docs/formats.md`.
     #[serde(default = "default_format")]
     pub format: Format,
+    /// SIEM formats only: send the event as the MSG of the stored RFC 5424 record (its
+    /// header and structured data kept) rather than alone. Default: true for `cef` and
+    /// `leef` (what ArcSight and QRadar syslog connectors expect), false for `ocsf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syslog_header: Option<bool>,
     /// Largest datagram for `udp://` (480 to 65507); larger records are truncated by the
     /// apiserver rule, or dropped and counted. Default 8 KiB (rsyslog's imudp default).
     #[serde(
@@ -441,6 +461,7 @@ impl DestinationConfig {
             pin_sha256: None,
             framing: default_framing(),
             format: default_format(),
+            syslog_header: None,
             max_datagram_bytes: default_max_datagram(),
             connect_timeout: default_connect_timeout(),
             write_timeout: default_write_timeout(),

@@ -266,7 +266,7 @@ impl Config {
                 if d.format != Format::Rfc5424 {
                     return Err(bad(
                         &key("format"),
-                        "must be rfc5424 with [integrity]: RFC 3164 has no structured data for the trail".into(),
+                        "must be rfc5424 with [integrity]: the other formats do not carry the trail's structured data".into(),
                     ));
                 }
                 if d.url.scheme().is_some_and(Scheme::has_path) {
@@ -342,6 +342,18 @@ impl Config {
                 return Err(bad(
                     &key("backoff_max"),
                     "must be at least backoff_initial".into(),
+                ));
+            }
+            if d.format.is_siem() && d.url.scheme().is_some_and(Scheme::has_path) {
+                return Err(bad(
+                    &key("format"),
+                    "cef, leef and ocsf go over tcp://, tls://, relp://, relp+tls:// or udp://; HTTP destinations post the events' own JSON".into(),
+                ));
+            }
+            if d.syslog_header.is_some() && !d.format.is_siem() {
+                return Err(bad(
+                    &key("syslog_header"),
+                    "only with format = \"cef\", \"leef\" or \"ocsf\" (rfc5424 and rfc3164 are syslog already)".into(),
                 ));
             }
         }

@@ -214,7 +214,12 @@ impl Destination {
         let gauges = metrics.destination(&config.name);
         let max_message = config.max_message_bytes.unwrap_or(syslog_max).as_usize();
         let encoding = Encoding::new(
-            Encoder::new(config.format, config.framing, max_message, config.oversize),
+            Encoder::new(config.format, config.framing, max_message, config.oversize)
+                .with_syslog_header(
+                    config
+                        .syslog_header
+                        .unwrap_or(config.format != crate::config::Format::Ocsf),
+                ),
             config.name.clone(),
             gauges.clone(),
         );

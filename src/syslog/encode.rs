@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use crate::config::{Format, Framing, Oversize};
+use crate::siem;
 use crate::syslog::convert::{msg_start, to_rfc3164, truncate_record};
 use crate::syslog::frame::frame;
 
@@ -19,6 +20,8 @@ pub struct Encoder {
     framing: Framing,
     max: usize,
     oversize: Oversize,
+    /// SIEM formats: keep the stored record's syslog header in front.
+    syslog_header: bool,
 }
 
 /// A record made ready for one destination.
@@ -51,6 +54,15 @@ impl Encoder {
             framing,
             max,
             oversize,
+            syslog_header: format != Format::Ocsf,
+        }
+    }
+
+    /// The same encoder with (`true`) or without the syslog header before a SIEM format.
+    pub fn with_syslog_header(self, syslog_header: bool) -> Self {
+        Self {
+            syslog_header,
+            ..self
         }
     }
 
@@ -68,7 +80,27 @@ impl Encoder {
             Format::Rfc5424 => Cow::Borrowed(record),
             // A record the relay did not write (never the case) is passed on as it is.
             Format::Rfc3164 => to_rfc3164(record).map_or(Cow::Borrowed(record), Cow::Owned),
+            Format::Cef | Format::Leef | Format::Ocsf => self.siem(record),
         }
+    }
+
+    /// A SIEM format; the relay's own records (integrity checkpoints) go as they are.
+    fn siem<'a>(&self, record: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(event) = siem::Event::of(record) else {
+            return Cow::Borrowed(record);
+        };
+        let header = if self.syslog_header {
+            event.header
+        } else {
+            &[][..]
+        };
+        let budget = self.max.saturating_sub(header.len());
+        let body = match self.format {
+            Format::Cef => siem::cef::render(&event, budget),
+            Format::Leef => siem::leef::render(&event, budget),
+            _ => siem::ocsf::render(&event),
+        };
+        Cow::Owned(siem::with_header(header, body))
     }
 
     /// The record in this destination's format, within its size limit.

@@ -89,6 +89,29 @@ pub fn normalize(s: &str) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(format_unix(utc, fraction)))
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 timestamp (CEF `rt`, OCSF `time`).
+pub fn unix_millis(s: &str) -> Option<i64> {
+    let n = normalize(s)?;
+    let b = n.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
+    };
+    let days = days_from_civil(num(0..4)?, num(5..7)?, num(8..10)?);
+    let seconds = days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
+    let millis = match b.get(19) {
+        Some(b'.') => {
+            let digits: String = n[20..n.len() - 1]
+                .chars()
+                .chain("000".chars())
+                .take(3)
+                .collect();
+            digits.parse().ok()?
+        }
+        _ => 0,
+    };
+    Some(seconds * 1000 + millis)
+}
+
 /// The current time as an RFC 5424 TIMESTAMP with microseconds.
 pub fn now() -> String {
     let since = SystemTime::now()
@@ -96,6 +119,11 @@ pub fn now() -> String {
         .unwrap_or_default();
     let seconds = i64::try_from(since.as_secs()).unwrap_or(0);
     format_unix(seconds, &format!("{:06}", since.subsec_micros()))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of seconds since the epoch.
+pub fn format_seconds(seconds: i64) -> String {
+    format_unix(seconds, "")
 }
 
 fn format_unix(seconds: i64, fraction: &str) -> String {
@@ -198,6 +226,20 @@ mod tests {
         ] {
             assert_eq!(normalize(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn unix_millis_of_rfc3339() {
+        assert_eq!(unix_millis("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_millis("2023-06-13T09:31:06.123456Z"),
+            Some(1_686_648_666_123)
+        );
+        assert_eq!(
+            unix_millis("2023-06-13T11:31:06.5+02:00"),
+            Some(1_686_648_666_500)
+        );
+        assert_eq!(unix_millis("garbage"), None);
     }
 
     #[test]
