@@ -423,6 +423,99 @@ async fn cef_over_relp_reaches_a_real_rsyslog_with_its_syslog_header() {
     assert!(relay.shutdown(Duration::from_secs(10)).await);
 }
 
+/// LEEF and OCSF over mutual TLS with LF framing, each with its default header flipped:
+/// the transport carries the format unchanged, and the independent parsers still agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leef_and_ocsf_over_mutual_tls_with_lf_framing_and_flipped_headers() {
+    let Some(python) = checker() else { return };
+    let tls = Some(("server.crt", "server.key", Some("ca.crt")));
+    let (leef, ocsf) = (
+        Sink::start(Framing::Lf, tls).await,
+        Sink::start(Framing::Lf, tls).await,
+    );
+    let mut text = String::from(
+        "cluster_name = \"formats\"\n[listen]\naddress = \"127.0.0.1:0\"\n[syslog]\nmax_message_bytes = \"1MiB\"\n[queue]\nkind = \"memory\"\n",
+    );
+    for (name, port, header) in [
+        ("qradar", leef.addr.port(), false),
+        ("lake", ocsf.addr.port(), true),
+    ] {
+        let format = if name == "qradar" { "leef" } else { "ocsf" };
+        text.push_str(&format!(
+            "[[destination]]\nname = \"{name}\"\nurl = \"tls://127.0.0.1:{port}\"\nformat = \"{format}\"\nsyslog_header = {header}\nframing = \"lf\"\nca = \"{ca}\"\nclient_cert = \"{crt}\"\nclient_key = \"{key}\"\nserver_name = \"localhost\"\nconfirm_after = \"20ms\"\n",
+            ca = support::cert("ca.crt"),
+            crt = support::cert("client.crt"),
+            key = support::cert("client.key"),
+        ));
+    }
+    let relay = Relay::start(&text).await;
+    let events: Vec<CorpusEvent> = all_corpus_events()
+        .into_iter()
+        .filter(|e| e.item.len() < 6000)
+        .take(60)
+        .collect();
+    deliver(&events, &relay).await;
+    let n = events.len();
+    let leef_msgs = leef.wait_for(n, Duration::from_secs(20)).await;
+    let ocsf_msgs = ocsf.wait_for(n, Duration::from_secs(20)).await;
+    assert_eq!((leef_msgs.len(), ocsf_msgs.len()), (n, n));
+    assert!(leef.errors.lock().unwrap().is_empty(), "{:?}", leef.errors);
+    let index = by_audit_key(&events);
+
+    for m in &leef_msgs {
+        assert!(
+            m.starts_with(b"LEEF:2.0|Kubernetes|kube-apiserver|"),
+            "no syslog header asked for"
+        );
+    }
+    let parsed = check(&python, "leef", &leef_msgs);
+    assert_eq!(parsed.len(), n);
+    for line in parsed {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["syslog"], "", "nothing before the LEEF header");
+        let a = &v["attributes"];
+        let s = |k: &str| a[k].as_str().map(str::to_owned);
+        let want = Want {
+            e: index[&(s("auditID").unwrap(), s("stage").unwrap())],
+        };
+        assert_eq!(
+            s("event").unwrap(),
+            want.e.expected_msg(),
+            "the whole event, byte-exact"
+        );
+        assert_eq!(
+            s("usrName").unwrap_or_default(),
+            want.str("/user/username").unwrap_or_default()
+        );
+    }
+
+    let mut bodies = Vec::new();
+    for m in &ocsf_msgs {
+        let text = std::str::from_utf8(m).unwrap();
+        assert!(text.starts_with('<'), "the syslog header was asked for");
+        let at = text.find(" {").unwrap();
+        assert!(
+            text[..at].contains(" formats kube-apiserver - "),
+            "{}",
+            &text[..at]
+        );
+        bodies.push(text.as_bytes()[at + 1..].to_vec());
+    }
+    assert_eq!(check(&python, "ocsf", &bodies), vec![format!("ok {n}")]);
+    for b in &bodies {
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        let raw = v["raw_data"].as_str().unwrap();
+        let e: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let want = index[&(
+            e["auditID"].as_str().unwrap().to_owned(),
+            e["stage"].as_str().unwrap().to_owned(),
+        )];
+        assert_eq!(raw, want.expected_msg());
+        assert_eq!(v["api"]["request"]["uid"], e["auditID"]);
+    }
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+}
+
 #[test]
 fn siem_formats_are_refused_on_http_and_syslog_header_only_goes_with_them() {
     let parse = |text: &str| {
