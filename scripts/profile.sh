@@ -9,7 +9,11 @@
 # Usage: scripts/profile.sh [flame] [allocs] [syscalls] [instructions]
 #   (default: flame allocs syscalls)
 # Environment: QUEUE=disk|memory (default disk), EVENTS, SECONDS_UNDER_PERF (default 10),
-# RELAY_BIN (another build of the relay, to compare).
+# RELAY_BIN (another build of the relay, to compare), INTEGRITY=pen|chain (pen: only
+# syslog.enterprise_id; chain: also [integrity], the hash chain and signed checkpoints; compare
+# the two to see what the chain costs), CALLGRIND_OUT (keep callgrind's file there, for
+# callgrind_annotate), PERF_DATA (keep perf's file there, for perf report), FLAME_SVG (where
+# the flame graph goes instead of docs/flamegraph-s1.svg).
 # Installs linux-perf, valgrind and strace from Debian and inferno with cargo when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +69,13 @@ url = "tls://$sink_addr"
 ca = "$root/certs/ca.crt"
 server_name = "localhost"
 EOF
+  case "${INTEGRITY:-}" in
+    pen|chain) sed -i 's/^\[syslog\]$/[syslog]\nenterprise_id = 32473/' "$work/relay.toml" ;;
+  esac
+  if [ "${INTEGRITY:-}" = chain ]; then
+    [ -f "$work/keys/signing.key" ] || "$relay_bin" gen-signing-key "$work/keys" > /dev/null
+    printf '[integrity]\nsigning_key = "%s"\n' "$work/keys/signing.key" >> "$work/relay.toml"
+  fi
   RUST_LOG=warn "$@" "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
   relay_pid=$!; pids+=("$relay_pid")
   for _ in $(seq 600); do
@@ -102,10 +113,12 @@ flame() {
   perf record -F 499 -g -p "$relay_pid" -o "$work/perf.data" -- sleep "${SECONDS_UNDER_PERF:-10}" >/dev/null 2>&1
   wait "$load_pid"
   stop_pair
+  if [ -n "${PERF_DATA:-}" ]; then cp "$work/perf.data" "$PERF_DATA"; fi
+  local svg=${FLAME_SVG:-docs/flamegraph-s1.svg}
   perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/folded"
-  inferno-flamegraph --title "kube-audit-relay, S1 ($queue queue), $(nproc) CPUs" < "$work/folded" \
-      > docs/flamegraph-s1.svg
-  echo "flame: docs/flamegraph-s1.svg ($(wc -l < "$work/folded") stacks)"
+  inferno-flamegraph --title "kube-audit-relay, S1 ($queue queue${INTEGRITY:+, $INTEGRITY}), $(nproc) CPUs" \
+      < "$work/folded" > "$svg"
+  echo "flame: $svg ($(wc -l < "$work/folded") stacks)"
 }
 
 allocs() {
@@ -128,6 +141,7 @@ callgrind_run() {
   load --events "$1" --duration 600s
   wait_sink "$1"
   stop_pair
+  if [ -n "${CALLGRIND_OUT:-}" ]; then cp "$work/callgrind.out" "$CALLGRIND_OUT.$1"; fi
   awk '/^summary:/ {print $2}' "$work/callgrind.out"
 }
 
