@@ -21,8 +21,11 @@
 #             times `kube-audit-relay verify` on it (one core), then deletes it
 #   ceiling   the bare forwarder (`kube-audit-relay-bench ceiling`) next to the relay with the
 #             memory queue and with the disk queue, at 4 and 16 connections, in one run
+#   h2streams HTTP/2 with 4 streams in flight on 1 and on 4 connections, next to HTTP/1.1 with
+#             as many requests in flight (4 and 16 connections); memory and disk queue
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
-# Environment: DURATION (default 20s), HTTP2=1 for h2, BENCH_DIR (default target/bench),
+# Environment: DURATION (default 20s), HTTP2=1 for h2 (STREAMS: requests in flight per h2
+# connection, default 1), BENCH_DIR (default target/bench),
 # ROUNDS (integrity), RECORDS (verify).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,7 +109,7 @@ EOF
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05
   done
   local ticks0; ticks0=$(cpu_ticks "$relay_pid")
-  local h2=(); [ "${HTTP2:-0}" = 1 ] && h2=(--http2)
+  local h2=(); [ "${HTTP2:-0}" = 1 ] && h2=(--http2 --streams "${STREAMS:-1}")
   "$bench_bin" load --url "https://127.0.0.1:$port/" --ca certs/ca.crt --cert certs/client.crt --key certs/client.key \
       --connections "$conns" --batch 100 --duration "$duration" --rate "$rate" --profile "$profile" \
       --event-bytes "$event_bytes" --id-prefix "$name" "${h2[@]}" > "$work/load.json"
@@ -132,7 +135,8 @@ cpu_s = int(ticks) / int(hz)
 # CPU is counted until the sink had everything: the relay's whole cost of the run.
 delivered_rate = sink["events_per_s"]
 rec = {
-    "scenario": name, "connections": int(conns), "queue": queue, "http2": load["http2"],
+    "scenario": name, "connections": int(conns), "streams": load.get("streams", 1),
+    "queue": queue, "http2": load["http2"],
     "event_bytes": load["event_bytes"], "batch": load["batch"], "seconds": round(load["seconds"], 2),
     "events_acked": load["events_acked"], "acked_per_s": round(load["events_per_s"]),
     "delivered": sink["events"], "unique_delivered": sink["unique_audit_ids"], "bad_frames": sink["bad_frames"],
@@ -212,6 +216,14 @@ for scenario in "$@"; do
         run S1-integrity 4 disk 0 0 metadata "$duration" tls 1
       done ;;
     verify) verify_run "${RECORDS:-10000000}" ;;
+    h2streams)
+      # As many requests in flight over HTTP/2 streams as over HTTP/1.1 connections.
+      for q in ${QUEUES:-memory disk}; do
+        run "h1-4-$q" 4 "$q" 0 0 metadata "$duration"
+        HTTP2=1 STREAMS=4 run "h2-1x4-$q" 1 "$q" 0 0 metadata "$duration"
+        run "h1-16-$q" 16 "$q" 0 0 metadata "$duration"
+        HTTP2=1 STREAMS=4 run "h2-4x4-$q" 4 "$q" 0 0 metadata "$duration"
+      done ;;
     ceiling)
       for c in 4 16; do
         TARGET=ceiling run "ceiling-$c" "$c" none 0 0 metadata "$duration"
@@ -221,6 +233,7 @@ for scenario in "$@"; do
     smoke)
       run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls
       run smoke-integrity 2 disk 0 0 metadata 2s tls 1; verify_run 20000
+      HTTP2=1 STREAMS=2 run smoke-h2-streams 1 memory 0 0 metadata 2s
       TARGET=ceiling run smoke-ceiling 2 none 0 0 metadata 2s ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac

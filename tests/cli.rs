@@ -68,6 +68,7 @@ fn example_config_parses_with_every_key() {
         "max_header_bytes",
         "max_connections",
         "max_streams_per_connection",
+        "http2_max_frame_size",
         "tls_handshake_timeout",
         "header_read_timeout",
         "request_timeout",
@@ -140,6 +141,11 @@ fn check_config_reports_file_key_and_reason() {
             "[listen]\nrequest_timeout = \"45s\"\n",
             "key `listen.request_timeout`",
             "below 30s",
+        ),
+        (
+            "[listen]\nhttp2_max_frame_size = \"8KiB\"\n",
+            "key `listen.http2_max_frame_size`",
+            "must be between 16384 and 16777215 bytes",
         ),
         (
             "[listen]\ntls_cert = \"/nonexistent.crt\"\ntls_key = \"/nonexistent.key\"\n",

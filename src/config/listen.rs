@@ -53,6 +53,11 @@ pub struct ListenConfig {
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per connection. Default 64.
     pub max_streams_per_connection: u32,
+    /// Largest HTTP/2 frame the relay accepts (SETTINGS_MAX_FRAME_SIZE, 16 KiB to 16 MiB - 1).
+    /// The protocol's 16 KiB default cuts a 70 KB batch into five DATA frames, each a wake-up
+    /// of the connection's one task that all its streams share; 256 KiB carries a typical
+    /// batch in one. Default 256 KiB.
+    pub http2_max_frame_size: ByteSize,
     /// Time allowed for the TLS handshake. Default 5s.
     #[serde(with = "duration")]
     pub tls_handshake_timeout: Duration,
@@ -153,6 +158,8 @@ struct ListenFile {
     max_connections: usize,
     #[serde(deserialize_with = "units::int_between::<_, u32, 1, 1_000_000>")]
     max_streams_per_connection: u32,
+    #[serde(deserialize_with = "units::size_between::<_, 16384, 16777215>")]
+    http2_max_frame_size: ByteSize,
     #[serde(deserialize_with = "units::nonzero_duration")]
     tls_handshake_timeout: Duration,
     #[serde(deserialize_with = "units::nonzero_duration")]
@@ -183,6 +190,7 @@ impl Default for ListenFile {
             max_header_bytes: ByteSize(64 << 10),
             max_connections: 1024,
             max_streams_per_connection: 64,
+            http2_max_frame_size: ByteSize(256 << 10),
             tls_handshake_timeout: secs(5),
             header_read_timeout: secs(10),
             request_timeout: secs(25),
@@ -214,6 +222,7 @@ impl From<ListenFile> for ListenConfig {
             max_header_bytes: f.max_header_bytes,
             max_connections: f.max_connections,
             max_streams_per_connection: f.max_streams_per_connection,
+            http2_max_frame_size: f.http2_max_frame_size,
             tls_handshake_timeout: f.tls_handshake_timeout,
             header_read_timeout: f.header_read_timeout,
             request_timeout: f.request_timeout,

@@ -40,6 +40,8 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// HTTP/2 concurrent streams.
     pub max_streams: u32,
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE.
+    pub max_frame_size: u32,
     /// How long a lingering close reads and drops at most.
     pub linger: Duration,
 }
@@ -52,6 +54,7 @@ impl From<&ListenConfig> for ConnectionLimits {
             header_read_timeout: l.header_read_timeout,
             max_header_bytes: l.max_header_bytes.as_usize(),
             max_streams: l.max_streams_per_connection,
+            max_frame_size: u32::try_from(l.http2_max_frame_size.as_usize()).unwrap_or(1 << 14),
             linger: l.discard_timeout,
         }
     }
@@ -91,6 +94,7 @@ pub async fn serve(
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(service.limits.max_streams)
+        .max_frame_size(service.limits.max_frame_size)
         .max_header_list_size(u32::try_from(service.limits.max_header_bytes).unwrap_or(u32::MAX));
     let metrics = service.metrics.clone();
     let on_evict = move |kind: slots::Evicted| metrics.connection_evicted(kind.as_str());

@@ -227,9 +227,13 @@ struct LoadOptions {
     /// Use HTTP/2 (h2 via ALPN, or prior knowledge over plain HTTP).
     #[arg(long)]
     http2: bool,
-    /// Concurrent connections, one request in flight on each.
+    /// Concurrent connections, one request in flight on each (see --streams).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// With --http2: requests in flight on each connection, each on its own stream, as the
+    /// kube-apiserver sends its batches over one connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
     /// Events per request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -424,65 +428,48 @@ async fn load(o: LoadOptions) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + o.duration;
-    let per_conn_interval = (o.rate > 0).then(|| {
-        let requests_per_sec = o.rate as f64 / o.batch as f64 / o.connections as f64;
+    anyhow::ensure!(o.streams >= 1, "--streams must be at least 1");
+    anyhow::ensure!(
+        o.streams == 1 || o.http2,
+        "--streams above 1 needs --http2 (HTTP/1.1 has one request in flight per connection)"
+    );
+    let per_stream_interval = (o.rate > 0).then(|| {
+        let requests_per_sec = o.rate as f64 / o.batch as f64 / (o.connections * o.streams) as f64;
         Duration::from_secs_f64(1.0 / requests_per_sec)
     });
     let mut tasks = Vec::new();
     for c in 0..o.connections {
-        let mut template = body_template(&events, c * 7, o.batch, &o.id_prefix)?;
-        let (totals, next_id, stop, tls, path) = (
-            totals.clone(),
-            next_id.clone(),
-            stop.clone(),
-            tls.clone(),
-            path.clone(),
-        );
-        let (batch, max_events, http2) = (o.batch as u64, o.events, o.http2);
+        let templates = (0..o.streams)
+            .map(|s| body_template(&events, (c * o.streams + s) * 7, o.batch, &o.id_prefix))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let stream = Stream {
+            totals: totals.clone(),
+            next_id: next_id.clone(),
+            stop: stop.clone(),
+            path: path.clone(),
+            batch: o.batch as u64,
+            max_events: o.events,
+            deadline,
+            interval: per_stream_interval,
+        };
+        let (tls, http2) = (tls.clone(), o.http2);
         tasks.push(tokio::spawn(async move {
-            let mut latencies: Vec<u32> = Vec::new();
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
-            let mut sender = match tls {
+            let sender = match tls {
                 Some((connector, name)) => {
                     Sender::connect(TokioIo::new(connector.connect(name, tcp).await?), http2)
                         .await?
                 }
                 None => Sender::connect(TokioIo::new(tcp), http2).await?,
             };
-            let mut next_send = Instant::now();
-            loop {
-                if stop.load(Ordering::Relaxed) || (max_events == 0 && Instant::now() >= deadline) {
-                    break;
-                }
-                let first = next_id.fetch_add(batch, Ordering::Relaxed);
-                if max_events > 0 && first >= max_events {
-                    break;
-                }
-                if let Some(interval) = per_conn_interval {
-                    tokio::time::sleep_until(next_send.into()).await;
-                    next_send += interval;
-                }
-                let body = template.stamp(first);
-                let request = hyper::Request::post(path.as_str())
-                    .header("content-type", "application/json")
-                    .header("host", "relay")
-                    .body(Full::new(body))?;
-                let sent = Instant::now();
-                let response = sender.send(request).await?;
-                let status = response.status();
-                let _ = response.into_body().collect().await?;
-                latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
-                totals.requests.fetch_add(1, Ordering::Relaxed);
-                if status.is_success() {
-                    totals.events.fetch_add(batch, Ordering::Relaxed);
-                } else {
-                    totals.failures.fetch_add(1, Ordering::Relaxed);
-                    if status.as_u16() == 503 {
-                        totals.status_503.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
+            let mut streams = tokio::task::JoinSet::new();
+            for template in templates {
+                streams.spawn(stream.clone().drive(sender.clone(), template));
+            }
+            let mut latencies = Vec::new();
+            while let Some(done) = streams.join_next().await {
+                latencies.extend(done??);
             }
             anyhow::Ok(latencies)
         }));
@@ -511,6 +498,7 @@ async fn load(o: LoadOptions) -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "kind": "load",
         "connections": o.connections,
+        "streams": o.streams,
         "http2": o.http2,
         "batch": o.batch,
         "event_bytes": event_bytes,
@@ -527,8 +515,71 @@ async fn load(o: LoadOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One request at a time, on one HTTP/1.1 connection or one HTTP/2 stream of a connection.
+#[derive(Clone)]
+struct Stream {
+    totals: Arc<Totals>,
+    next_id: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    path: String,
+    batch: u64,
+    max_events: u64,
+    deadline: Instant,
+    interval: Option<Duration>,
+}
+
+impl Stream {
+    /// Posts batches until the deadline or the event count; each request's latency in µs.
+    async fn drive(
+        self,
+        mut sender: Sender,
+        mut template: BodyTemplate,
+    ) -> anyhow::Result<Vec<u32>> {
+        let mut latencies: Vec<u32> = Vec::new();
+        let mut next_send = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Relaxed)
+                || (self.max_events == 0 && Instant::now() >= self.deadline)
+            {
+                break;
+            }
+            let first = self.next_id.fetch_add(self.batch, Ordering::Relaxed);
+            if self.max_events > 0 && first >= self.max_events {
+                break;
+            }
+            if let Some(interval) = self.interval {
+                tokio::time::sleep_until(next_send.into()).await;
+                next_send += interval;
+            }
+            let body = template.stamp(first);
+            let request = hyper::Request::post(self.path.as_str())
+                .header("content-type", "application/json")
+                .header("host", "relay")
+                .body(Full::new(body))?;
+            let sent = Instant::now();
+            let response = sender.send(request).await?;
+            let status = response.status();
+            let _ = response.into_body().collect().await?;
+            latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+            self.totals.requests.fetch_add(1, Ordering::Relaxed);
+            if status.is_success() {
+                self.totals.events.fetch_add(self.batch, Ordering::Relaxed);
+            } else {
+                self.totals.failures.fetch_add(1, Ordering::Relaxed);
+                if status.as_u16() == 503 {
+                    self.totals.status_503.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Ok(latencies)
+    }
+}
+
+/// A connection's request sender; an HTTP/2 one is shared by its streams.
+#[derive(Clone)]
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
@@ -545,7 +596,7 @@ impl Sender {
         } else {
             let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(conn);
-            Ok(Self::H1(sender))
+            Ok(Self::H1(Arc::new(tokio::sync::Mutex::new(sender))))
         }
     }
 
@@ -554,7 +605,7 @@ impl Sender {
         request: hyper::Request<Full<Bytes>>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         Ok(match self {
-            Self::H1(s) => s.send_request(request).await?,
+            Self::H1(s) => s.lock().await.send_request(request).await?,
             Self::H2(s) => s.send_request(request).await?,
         })
     }
