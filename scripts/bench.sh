@@ -21,6 +21,8 @@
 #             times `kube-audit-relay verify` on it (one core), then deletes it
 #   ceiling   the bare forwarder (`kube-audit-relay-bench ceiling`) next to the relay with the
 #             memory queue and with the disk queue, at 4 and 16 connections, in one run
+#   large     200 KB events, 4 connections (about 80 MB of bodies in flight), disk and memory
+#             queue: peak RSS against the bytes in flight
 #   h2streams HTTP/2 with 4 streams in flight on 1 and on 4 connections, next to HTTP/1.1 with
 #             as many requests in flight (4 and 16 connections); memory and disk queue
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
@@ -216,6 +218,9 @@ for scenario in "$@"; do
         run S1-integrity 4 disk 0 0 metadata "$duration" tls 1
       done ;;
     verify) verify_run "${RECORDS:-10000000}" ;;
+    large)
+      # 200 KB events, 100 per request, 4 connections: ~80 MB of bodies in flight.
+      for q in ${QUEUES:-disk memory}; do run "large-200k-$q" 4 "$q" 0 200000 metadata "$duration"; done ;;
     h2streams)
       # As many requests in flight over HTTP/2 streams as over HTTP/1.1 connections.
       for q in ${QUEUES:-memory disk}; do

@@ -134,7 +134,12 @@ url = "relp://127.0.0.1:{relp}"
         b
     );
     assert_eq!(m["kar_events_truncated_total{destination=\"full\"}"], 0.0);
-    assert_eq!(m["kar_events_sent_total{destination=\"strict\"}"], n as f64);
+    assert_eq!(
+        m["kar_events_sent_total{destination=\"strict\"}"],
+        (n - big.len()) as f64,
+        "dropped events are not counted as sent"
+    );
+    assert_eq!(m["kar_events_sent_total{destination=\"small\"}"], n as f64);
     assert!(
         relay.has_log(&big[0].audit_id),
         "the dropped auditIDs are logged"

@@ -86,6 +86,9 @@ pub struct Encoding {
     /// The queue position up to which batches were prepared before: a batch sent again after
     /// a reconnect is not counted (or logged) twice. Shared by the destination's sessions.
     prepared_through: Arc<std::sync::atomic::AtomicU64>,
+    /// Records dropped for the size limit so far (each once): the destination's cursor
+    /// passes them, but they are not counted as sent.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Encoding {
@@ -96,6 +99,7 @@ impl Encoding {
             name,
             gauges,
             prepared_through: Arc::default(),
+            dropped: Arc::default(),
         }
     }
 
@@ -120,6 +124,8 @@ impl Encoding {
             Prepared::Dropped => {
                 if count {
                     self.gauges.too_large();
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(destination = %self.name, audit_id = audit_id(record).unwrap_or("?"), bytes = record.len(),
                         "event not sent to this destination: above its max_message_bytes");
                 }
@@ -198,6 +204,10 @@ pub struct Destination {
     /// Highest position whose routed-away records were counted (a batch read again after a
     /// reconnect is not counted twice).
     routed_through: u64,
+    /// The encoding's count of records dropped for the size limit, and how much of it
+    /// commits have taken out of `sent` so far.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    dropped_seen: u64,
 }
 
 impl Destination {
@@ -223,6 +233,7 @@ impl Destination {
             config.name.clone(),
             gauges.clone(),
         );
+        let dropped = encoding.dropped.clone();
         let batch_bytes = config.batch_bytes.as_usize();
         let transport = match &config.url {
             Endpoint::Stdout => Transport::Stream(
@@ -312,6 +323,8 @@ impl Destination {
             route: Route::new(&config.filter),
             routed: VecDeque::new(),
             routed_through: 0,
+            dropped,
+            dropped_seen: 0,
         })
     }
 
@@ -512,8 +525,17 @@ impl Destination {
             away += n;
             self.routed.pop_front();
         }
-        self.gauges
-            .sent(before.saturating_sub(after).saturating_sub(away));
+        let passed = before.saturating_sub(after).saturating_sub(away);
+        // Records dropped for the size limit were passed, not sent. A drop is counted when
+        // its batch is prepared, before the commit that passes it, so the total is exact
+        // once that commit comes.
+        let dropped = self
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(self.dropped_seen)
+            .min(passed);
+        self.dropped_seen += dropped;
+        self.gauges.sent(passed - dropped);
         self.gauges.set_backlog(after);
     }
 }
