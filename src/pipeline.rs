@@ -8,9 +8,8 @@
 //! durable: a batch refused with 503 must not make its own resend look like a duplicate.
 
 use bytes::{Bytes, BytesMut};
-use serde_json::value::RawValue;
 
-use crate::audit::{AuditError, EventList, EventView};
+use crate::audit::{AuditError, EventList, Item};
 use crate::config::Config;
 use crate::dedupe::{Dedupe, Key, KeySet};
 use crate::filter::Policy;
@@ -77,33 +76,27 @@ impl Pipeline {
     /// [`AuditError`] when the body is not an EventList or any item is unusable; nothing of
     /// the batch is then kept.
     pub fn run(&self, body: &[u8], received_at: &str) -> Result<Batch, AuditError> {
-        let list = EventList::parse(body)?;
-        let views = list
-            .items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| EventView::parse(index, item))
-            .collect::<Result<Vec<_>, _>>()?;
+        let items = EventList::items(body)?;
         let mut batch = Batch {
-            records: Vec::with_capacity(views.len()),
-            keys: BatchKeys(Vec::with_capacity(views.len())),
+            records: Vec::with_capacity(items.len()),
+            keys: BatchKeys(Vec::with_capacity(items.len())),
             summary: BatchSummary {
-                items: views.len(),
+                items: items.len(),
                 ..BatchSummary::default()
             },
             too_large: Vec::new(),
         };
-        let keys: Vec<Key> = views
+        let keys: Vec<Key> = items
             .iter()
-            .map(|v| self.dedupe.key(&v.audit_id, &v.stage))
+            .map(|i| self.dedupe.key(&i.view.audit_id, &i.view.stage))
             .collect();
         let seen = self.dedupe.seen(&keys);
-        let mut in_batch = KeySet::with_capacity_and_hasher(views.len(), Default::default());
+        let mut in_batch = KeySet::with_capacity_and_hasher(items.len(), Default::default());
         // Every record of the batch is a slice of one buffer: one allocation per batch, not
         // one per record (and per clone). `scratch` is where each is rendered first.
-        let mut records = BytesMut::with_capacity(body.len() + views.len() * 160);
+        let mut records = BytesMut::with_capacity(body.len() + items.len() * 160);
         let mut scratch = Vec::with_capacity(4096);
-        for (((item, view), key), seen) in list.items.iter().zip(&views).zip(keys).zip(seen) {
+        for ((Item { json: item, view }, key), seen) in items.iter().zip(keys).zip(seen) {
             if seen || !in_batch.insert(key) {
                 batch.summary.duplicates += 1;
                 continue;
@@ -112,10 +105,7 @@ impl Pipeline {
                 batch.summary.filtered += 1;
                 continue;
             }
-            let redacted = self
-                .policy
-                .redact(item)
-                .and_then(|text| RawValue::from_string(text).ok());
+            let redacted = self.policy.redact(item);
             batch.summary.redacted += usize::from(redacted.is_some());
             let item = redacted.as_deref().unwrap_or(item);
             match self

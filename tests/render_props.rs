@@ -62,7 +62,7 @@ proptest! {
         let raw: &RawValue = serde_json::from_str(&json).unwrap();
         let view = EventView::parse(0, raw).unwrap();
         let renderer = Renderer::new(&config, &host);
-        match renderer.render(raw, &view, "2000-01-01T00:00:00Z") {
+        match renderer.render(raw.get(), &view, "2000-01-01T00:00:00Z") {
             Ok(rendered) => {
                 let message = rendered.message;
                 prop_assert!(message.len() as u64 <= config.max_message_bytes.0);

@@ -1,5 +1,6 @@
 //! What every record the pipeline produces must satisfy, whatever the input.
 
+use kube_audit_relay::audit::{AuditError, EventList, Item};
 use kube_audit_relay::config::{Config, Format, Framing, Oversize};
 use kube_audit_relay::pipeline::Pipeline;
 use kube_audit_relay::syslog::{Encoder, next_frame, parse_strict};
@@ -7,6 +8,7 @@ use kube_audit_relay::syslog::{Encoder, next_frame, parse_strict};
 /// Runs the pipeline on `body` and checks each record: within the size limit, strict RFC
 /// 5424, MSG valid JSON, no raw line break, and both framings round-trip.
 pub fn check(config: &Config, body: &[u8]) {
+    assert_split_equivalent(body);
     let pipeline = Pipeline::new(config, "fuzz-host");
     let Ok(batch) = pipeline.run(body, "2026-01-01T00:00:00Z") else { return };
     for record in &batch.records {
@@ -33,4 +35,16 @@ pub fn assert_json(bytes: &[u8]) {
     if let Err(e) = serde_json::from_slice::<serde_json::Value>(bytes) {
         assert!(e.to_string().contains("number out of range"), "not JSON: {e}");
     }
+}
+
+/// The one-scan split gives what the two-scan reference gives: the same items, byte for
+/// byte, with the same fields, or the same error.
+pub fn assert_split_equivalent(body: &[u8]) {
+    fn describe(r: &Result<Vec<Item<'_>>, AuditError>) -> String {
+        match r {
+            Ok(items) => items.iter().map(|i| format!("{}\n{:?}\n", i.json, i.view)).collect(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+    assert_eq!(describe(&EventList::items(body)), describe(&EventList::items_two_scans(body)));
 }

@@ -37,7 +37,7 @@ impl Route {
             return true;
         };
         match EventView::parse(0, item) {
-            Ok(view) => self.policy.keep(item, &view),
+            Ok(view) => self.policy.keep(item.get(), &view),
             Err(_) => true,
         }
     }

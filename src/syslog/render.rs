@@ -4,8 +4,6 @@
 //! compact JSON line (see [`crate::audit::write_event_line`]). Header fields are sanitised to
 //! PRINTUSASCII and cut to their RFC 5424 lengths, so no input can break the framing.
 
-use serde_json::value::RawValue;
-
 use crate::audit::{self, EventView};
 use crate::config::SyslogConfig;
 use crate::syslog::frame::write_decimal;
@@ -70,11 +68,11 @@ impl Renderer {
     /// [`TooLarge`] when even the truncated event exceeds `max_message_bytes`.
     pub fn render(
         &self,
-        item: &RawValue,
+        item: &str,
         view: &EventView<'_>,
         received_at: &str,
     ) -> Result<Rendered, TooLarge> {
-        let mut message = Vec::with_capacity(item.get().len() + 160);
+        let mut message = Vec::with_capacity(item.len() + 160);
         let truncated = self.render_into(&mut message, item, view, received_at)?;
         Ok(Rendered { message, truncated })
     }
@@ -87,19 +85,19 @@ impl Renderer {
     pub fn render_into(
         &self,
         message: &mut Vec<u8>,
-        item: &RawValue,
+        item: &str,
         view: &EventView<'_>,
         received_at: &str,
     ) -> Result<bool, TooLarge> {
         message.clear();
         self.write_header(message, view, received_at);
         let header_len = message.len();
-        audit::write_event_line(message, item.get(), view);
+        audit::write_event_line(message, item, view);
         if message.len() <= self.max_message_bytes {
             return Ok(false);
         }
         message.truncate(header_len);
-        if let Some(short) = audit::truncate_event(item.get()) {
+        if let Some(short) = audit::truncate_event(item) {
             audit::write_event_line(message, &short, view);
         }
         if message.len() > header_len && message.len() <= self.max_message_bytes {
@@ -218,9 +216,9 @@ mod tests {
     use crate::config::ByteSize;
 
     fn render(config: &SyslogConfig, json: &str) -> Result<Rendered, TooLarge> {
-        let raw: &RawValue = serde_json::from_str(json).unwrap();
+        let raw: &serde_json::value::RawValue = serde_json::from_str(json).unwrap();
         let view = EventView::parse(0, raw).unwrap();
-        Renderer::new(config, "node 1").render(raw, &view, "2000-01-01T00:00:00Z")
+        Renderer::new(config, "node 1").render(raw.get(), &view, "2000-01-01T00:00:00Z")
     }
 
     #[test]
@@ -250,7 +248,7 @@ mod tests {
     #[test]
     fn severities() {
         let sev = |json: &str| {
-            let raw: &RawValue = serde_json::from_str(json).unwrap();
+            let raw: &serde_json::value::RawValue = serde_json::from_str(json).unwrap();
             severity(&EventView::parse(0, raw).unwrap())
         };
         assert_eq!(
