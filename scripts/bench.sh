@@ -7,7 +7,7 @@
 #
 # Usage: scripts/bench.sh SCENARIO [SCENARIO...]
 #   S1        4 connections, 100-event batches of ~700 B Metadata events, disk queue (fsync), 20 s
-#   latency   S1's setup at a fixed 50 000 events/s, for latency percentiles
+#   latency   S1's setup at a fixed 50 000 events/s, for latency percentiles (disk, then memory queue)
 #   memory    S1 with the memory queue (like the peers' memory buffers)
 #   conns     1, 2, 4, 8, 16 connections (disk queue)
 #   sizes     event sizes ~0.7, 2, 20, 200 KB (4 connections, disk queue)
@@ -28,7 +28,7 @@
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
 # Environment: DURATION (default 20s), HTTP2=1 for h2 (STREAMS: requests in flight per h2
 # connection, default 1), BENCH_DIR (default target/bench),
-# ROUNDS (integrity), RECORDS (verify).
+# ROUNDS (integrity), RECORDS (verify), RELAY_BIN (another build of the relay, to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,7 +37,7 @@ mkdir -p "$out_dir"
 results=$out_dir/results.jsonl
 
 cargo build --release --locked --bins >/dev/null 2>&1 || cargo build --release --locked --bins
-relay_bin=$root/target/release/kube-audit-relay
+relay_bin=${RELAY_BIN:-$root/target/release/kube-audit-relay}
 bench_bin=$root/target/release/kube-audit-relay-bench
 
 pids=()
@@ -201,7 +201,9 @@ header
 for scenario in "$@"; do
   case "$scenario" in
     S1) run S1 4 disk 0 0 metadata "$duration" ;;
-    latency) run latency 4 disk 50000 0 metadata "$duration" ;;
+    latency)
+      run latency 4 disk 50000 0 metadata "$duration"
+      run latency-memory 4 memory 50000 0 metadata "$duration" ;;
     memory) run memory 4 memory 0 0 metadata "$duration" ;;
     conns) for c in 1 2 4 8 16; do run "conns-$c" "$c" disk 0 0 metadata "$duration"; done ;;
     sizes)
