@@ -13,7 +13,8 @@
 # syslog.enterprise_id; chain: also [integrity], the hash chain and signed checkpoints; compare
 # the two to see what the chain costs), CALLGRIND_OUT (keep callgrind's file there, for
 # callgrind_annotate), PERF_DATA (keep perf's file there, for perf report), FLAME_SVG (where
-# the flame graph goes instead of docs/flamegraph-s1.svg).
+# the flame graph goes instead of docs/flamegraph-s1.svg), DHAT_OUT (keep DHAT's file there),
+# LOAD_ARGS (more load generator options, e.g. "--event-bytes 200000").
 # Installs linux-perf, valgrind and strace from Debian and inferno with cargo when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,7 +87,7 @@ EOF
 
 load() {
   "$bench_bin" load --url "https://127.0.0.1:$port/" --ca certs/ca.crt --cert certs/client.crt \
-      --key certs/client.key --connections 4 --batch 100 "$@" > "$work/load.json"
+      --key certs/client.key --connections 4 --batch 100 ${LOAD_ARGS:-} "$@" > "$work/load.json"
 }
 
 wait_sink() {
@@ -126,6 +127,7 @@ allocs() {
   load --events "$events" --duration 600s
   wait_sink "$events"
   stop_pair
+  if [ -n "${DHAT_OUT:-}" ]; then cp "$work/dhat.out" "$DHAT_OUT"; fi
   python3 - "$work/dhat.out" "$events" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); n = int(sys.argv[2])

@@ -67,6 +67,12 @@ pub enum WebhookError {
     /// The queue refused the batch (full, disk error, shutting down).
     #[error("cannot store the batch now: {0}")]
     Unavailable(#[from] QueueError),
+    /// Other requests' rendering filled `listen.max_rendering_bytes` until
+    /// `listen.request_timeout`.
+    #[error(
+        "cannot take the batch now: other requests filled listen.max_rendering_bytes until listen.request_timeout"
+    )]
+    Busy,
     /// The queue did not confirm within `listen.request_timeout`.
     #[error("cannot store the batch now: the queue did not confirm within listen.request_timeout")]
     StoreTimeout,
@@ -84,7 +90,9 @@ impl WebhookError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBatch(_) | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Unavailable(_) | Self::StoreTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::StoreTimeout | Self::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -111,6 +119,9 @@ pub struct Webhook {
     path: String,
     max_body_bytes: usize,
     request_timeout: Duration,
+    /// `listen.max_rendering_bytes`, in KiB permits; `rendering_cap` is all of them.
+    rendering: tokio::sync::Semaphore,
+    rendering_cap: u32,
     retry_after: HeaderValue,
     discard: DiscardLimits,
     pipeline: Pipeline,
@@ -118,6 +129,11 @@ pub struct Webhook {
     metrics: Arc<Metrics>,
     /// Expected `Authorization` header value (`Bearer TOKEN`), when a token is configured.
     authorization: Option<Vec<u8>>,
+}
+
+/// `bytes` in whole KiB, as semaphore permits.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// A request body not read to its end, to be discarded after the answer.
@@ -136,10 +152,13 @@ impl Webhook {
         metrics: Arc<Metrics>,
         token: Option<&str>,
     ) -> Self {
+        let rendering_cap = kib(listen.max_rendering_bytes.as_usize()).max(1);
         Self {
             path: listen.path.as_str().to_owned(),
             max_body_bytes: listen.max_body_bytes.as_usize(),
             request_timeout: listen.request_timeout,
+            rendering: tokio::sync::Semaphore::new(rendering_cap as usize),
+            rendering_cap,
             retry_after: HeaderValue::from(listen.retry_after_seconds),
             discard: DiscardLimits {
                 bytes: listen.discard_body_bytes.0,
@@ -263,7 +282,7 @@ impl Webhook {
             WebhookError::Unauthorized => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            WebhookError::Unavailable(_) | WebhookError::StoreTimeout => {
+            WebhookError::Unavailable(_) | WebhookError::StoreTimeout | WebhookError::Busy => {
                 headers.insert(RETRY_AFTER, self.retry_after.clone());
             }
             _ => {}
@@ -321,6 +340,15 @@ impl Webhook {
             return Err(WebhookError::TooLarge(self.max_body_bytes));
         }
         let body = self.read_body(unread, declared, deadline).await?;
+        // Room to hold this body and its records at once (see listen.max_rendering_bytes).
+        let room = timeout_at(
+            deadline,
+            self.rendering
+                .acquire_many(kib(body.len()).clamp(1, self.rendering_cap)),
+        )
+        .await
+        .map_err(|_| WebhookError::Busy)?
+        .map_err(|_| WebhookError::Busy)?;
         let Batch {
             records,
             summary,
@@ -328,6 +356,7 @@ impl Webhook {
             keys,
         } = self.pipeline.run(&body, &timestamp::now())?;
         drop(body);
+        drop(room);
         for dropped in &too_large {
             tracing::error!(audit_id = %dropped.audit_id, bytes = dropped.bytes, "event dropped: above syslog.max_message_bytes even after truncation");
         }

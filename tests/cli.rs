@@ -65,6 +65,7 @@ fn example_config_parses_with_every_key() {
         "client_ca",
         "client_auth",
         "max_body_bytes",
+        "max_rendering_bytes",
         "max_header_bytes",
         "max_connections",
         "max_streams_per_connection",

@@ -318,3 +318,72 @@ async fn pretty_printed_bodies_are_compacted() {
         r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"p-1","stage":"ResponseComplete","objectRef":{"name":"a b\n c"}}"#
     );
 }
+
+/// `listen.max_rendering_bytes` at its minimum, below every body: requests take turns
+/// rendering (each alone), and every one is still answered 200 and delivered, over HTTP/1.1
+/// connections and over concurrent streams of one HTTP/2 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_rendering_budget_makes_large_batches_take_turns_not_fail() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = plain_relay(
+        sink.addr.port(),
+        "[listen]\naddress = \"127.0.0.1:0\"\nmax_rendering_bytes = \"64KiB\"\n[syslog]\nmax_message_bytes = \"1MiB\"",
+    )
+    .await;
+    let events = all_corpus_events();
+    // Bodies of at least 80 KB each, the last group folded into the one before it.
+    let mut groups: Vec<Vec<support::CorpusEvent>> = vec![Vec::new()];
+    let mut size = 0;
+    for e in &events {
+        if size > 80_000 {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += e.item.len();
+        groups.last_mut().unwrap().push(e.clone());
+    }
+    if size <= 80_000 && groups.len() > 1 {
+        let last = groups.pop().unwrap();
+        groups.last_mut().unwrap().extend(last);
+    }
+    let bodies: Vec<Vec<u8>> = groups.iter().map(|g| eventlist(g)).collect();
+    assert!(bodies.len() >= 4, "{} bodies", bodies.len());
+    assert!(
+        bodies.iter().all(|b| b.len() > 64 << 10),
+        "every body is above the budget"
+    );
+    let h2 = std::sync::Arc::new(support::client::PersistentH2::new(
+        relay.addr,
+        &ClientOptions::default(),
+    ));
+    let mut posts = tokio::task::JoinSet::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let (addr, h2) = (relay.addr, h2.clone());
+        posts.spawn(async move {
+            if i % 2 == 0 {
+                post_batch(addr, &ClientOptions::default(), body).await
+            } else {
+                h2.post_batch(body).await
+            }
+        });
+    }
+    while let Some(r) = posts.join_next().await {
+        let r = r.unwrap().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(
+        h2.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the HTTP/2 posts shared one connection"
+    );
+    let got = sink.wait_for(events.len(), Duration::from_secs(20)).await;
+    assert_eq!(got.len(), events.len());
+    let mut ids: Vec<String> = got.iter().map(|m| audit_id_of(m)).collect();
+    ids.sort();
+    let mut want: Vec<String> = events
+        .iter()
+        .map(|e| format!("{}/{}", e.audit_id, e.stage))
+        .collect();
+    want.sort();
+    assert_eq!(ids, want, "every event once");
+}

@@ -43,6 +43,11 @@ pub struct ListenConfig {
     pub client_auth: ClientAuth,
     /// Largest accepted request body. Default 64 MiB.
     pub max_body_bytes: ByteSize,
+    /// Body bytes turned into records at once, across requests. A request holds its body and
+    /// its rendered records together while it is rendered (about twice its size), so this
+    /// bounds the memory above the bodies in flight; a request waits for room (within
+    /// `request_timeout`), and one larger than this renders alone. Default 32 MiB.
+    pub max_rendering_bytes: ByteSize,
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list), at least 8 KiB.
     /// Default 64 KiB.
     pub max_header_bytes: ByteSize,
@@ -152,6 +157,8 @@ struct ListenFile {
     client_ca: Option<PathBuf>,
     client_auth: Option<ClientAuth>,
     max_body_bytes: ByteSize,
+    #[serde(deserialize_with = "units::size_at_least::<_, 65536>")]
+    max_rendering_bytes: ByteSize,
     #[serde(deserialize_with = "units::size_at_least::<_, 8192>")]
     max_header_bytes: ByteSize,
     #[serde(deserialize_with = "units::int_between::<_, usize, 1, 1_000_000>")]
@@ -187,6 +194,7 @@ impl Default for ListenFile {
             client_ca: None,
             client_auth: None,
             max_body_bytes: ByteSize(64 << 20),
+            max_rendering_bytes: ByteSize(32 << 20),
             max_header_bytes: ByteSize(64 << 10),
             max_connections: 1024,
             max_streams_per_connection: 64,
@@ -219,6 +227,7 @@ impl From<ListenFile> for ListenConfig {
             client_ca: f.client_ca,
             client_auth,
             max_body_bytes: f.max_body_bytes,
+            max_rendering_bytes: f.max_rendering_bytes,
             max_header_bytes: f.max_header_bytes,
             max_connections: f.max_connections,
             max_streams_per_connection: f.max_streams_per_connection,
