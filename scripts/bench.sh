@@ -28,7 +28,8 @@
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
 # Environment: DURATION (default 20s), HTTP2=1 for h2 (STREAMS: requests in flight per h2
 # connection, default 1), BENCH_DIR (default target/bench),
-# ROUNDS (integrity), RECORDS (verify), RELAY_BIN (another build of the relay, to compare).
+# ROUNDS (integrity), RECORDS (verify), RELAY_BIN (another build of the relay, to compare),
+# CONFIRM_AFTER (the destination's confirm_after, e.g. 50ms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -89,6 +90,9 @@ url = "$scheme://$sink_addr"
 ca = "$root/certs/ca.crt"
 server_name = "localhost"
 EOF
+  if [ -n "${CONFIRM_AFTER:-}" ]; then
+    sed -i "s/^server_name = \"localhost\"$/&\nconfirm_after = \"$CONFIRM_AFTER\"/" "$work/relay.toml"
+  fi
   # The chain needs syslog.enterprise_id, which also adds the [k8saudit@PEN] element: the
   # rows compared with the chain set it too, so that the chain is the only difference.
   case "$integrity" in
