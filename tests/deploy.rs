@@ -63,6 +63,20 @@ fn by_kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
         .unwrap_or_else(|| panic!("no {kind}"))
 }
 
+/// The generated ConfigMap (its name carries a content hash) is the one the pod mounts.
+fn assert_config_map_mounted(docs: &[Yaml], pod: &Yaml) {
+    let mounted = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some("config"))
+        .unwrap();
+    assert_eq!(
+        mounted["configMap"]["name"],
+        by_kind(docs, "ConfigMap")["metadata"]["name"]
+    );
+}
+
 /// The relay.toml embedded in the ConfigMap, parsed with certificate paths pointed at the
 /// repository's dev certificates (the real ones come from Secrets at run time).
 fn embedded_config(docs: &[Yaml]) -> (Config, String) {
@@ -208,17 +222,7 @@ fn statefulset_overlay_matches_its_config() {
         service["spec"]["ports"][0]["targetPort"].as_str(),
         Some("webhook")
     );
-    // The generated ConfigMap (its name carries a content hash) is the one mounted.
-    let config_volume = pod["volumes"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"].as_str() == Some("config"))
-        .unwrap();
-    assert_eq!(
-        config_volume["configMap"]["name"],
-        by_kind(&docs, "ConfigMap")["metadata"]["name"]
-    );
+    assert_config_map_mounted(&docs, pod);
     // The ServiceMonitor scrapes the Service's admin port as job "kube-audit-relay", the job
     // deploy/prometheus/alerts.yaml expects.
     let monitor = by_kind(&docs, "ServiceMonitor");
@@ -363,17 +367,7 @@ fn deployment_overlay_matches_its_config() {
         Path::new(queue_mount["mountPath"].as_str().unwrap()),
         config.queue.data_dir.as_path()
     );
-    // The generated ConfigMap (its name carries a content hash) is the one mounted.
-    let mounted = pod["volumes"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"].as_str() == Some("config"))
-        .unwrap();
-    assert_eq!(
-        mounted["configMap"]["name"],
-        by_kind(&docs, "ConfigMap")["metadata"]["name"]
-    );
+    assert_config_map_mounted(&docs, pod);
     assert_eq!(dep["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
     assert_eq!(
         by_kind(&docs, "Service")["spec"]["type"].as_str(),

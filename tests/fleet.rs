@@ -255,21 +255,25 @@ async fn a_replica_gone_for_good_hands_over_its_queue_to_a_relay_on_a_copy() {
     };
     // The replica's destination is unreachable, so what it accepts stays in its queue.
     let (_held, dead) = support::ports::closed();
-    let stuck = format!(
-        r#"[listen]
+    // The same configuration before and after, but for where the destination points.
+    let config_to = |port: u16| {
+        format!(
+            r#"[listen]
 address = "127.0.0.1:0"
 [queue]
 kind = "disk"
 data_dir = "queue"
 [[destination]]
 name = "rsyslog"
-url = "tls://127.0.0.1:{dead}"
+url = "tls://127.0.0.1:{port}"
 ca = "{ca}"
 server_name = "localhost"
+confirm_after = "200ms"
 "#,
-        ca = cert("ca.crt")
-    );
-    let replica = RelayProcess::start(&stuck).await;
+            ca = cert("ca.crt")
+        )
+    };
+    let replica = RelayProcess::start(&config_to(dead)).await;
     let events = support::small_events(3000, 200);
     for chunk in events.chunks(50) {
         support::post_ok(replica.addr, support::eventlist(chunk)).await;
@@ -280,23 +284,7 @@ server_name = "localhost"
     let heir = tempfile::tempdir().unwrap();
     copy_dir(&dir.path().join("queue"), &heir.path().join("queue"));
     drop(dir);
-    let config = format!(
-        r#"[listen]
-address = "127.0.0.1:0"
-[queue]
-kind = "disk"
-data_dir = "queue"
-[[destination]]
-name = "rsyslog"
-url = "tls://127.0.0.1:{tls}"
-ca = "{ca}"
-server_name = "localhost"
-confirm_after = "200ms"
-"#,
-        tls = receiver.port("tls"),
-        ca = cert("ca.crt")
-    );
-    let mut heir = RelayProcess::start_in(heir, &config).await;
+    let mut heir = RelayProcess::start_in(heir, &config_to(receiver.port("tls"))).await;
     let want: std::collections::HashSet<String> =
         events.iter().map(|e| e.audit_id.clone()).collect();
     let t = settle(&receiver, &want, Duration::from_secs(30)).await;

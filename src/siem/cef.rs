@@ -6,7 +6,7 @@
 //! line breaks are written as `\n` / `\r`. Extension keys are the specification's own
 //! dictionary names; `cs1`..`cs6` and `cn1` carry a `...Label`.
 
-use super::Event;
+use super::{Event, push_char, push_pair};
 
 /// CEF severity (0-10) of a syslog severity (0-7): the worse, the higher.
 pub fn severity(syslog: u8) -> u8 {
@@ -45,18 +45,8 @@ pub fn push_value(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-fn push_char(out: &mut Vec<u8>, c: char) {
-    let mut buf = [0u8; 4];
-    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-}
-
 fn pair(out: &mut Vec<u8>, key: &str, value: &str) {
-    if out.last().is_some_and(|&b| b != b'|') {
-        out.push(b' ');
-    }
-    out.extend_from_slice(key.as_bytes());
-    out.push(b'=');
-    push_value(out, value);
+    push_pair(out, b' ', key, value, push_value);
 }
 
 fn labelled(out: &mut Vec<u8>, key: &str, label: &str, value: Option<&str>) {

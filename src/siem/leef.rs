@@ -7,7 +7,7 @@
 //! break inside a decoded value is written as a space, and a `|` in a header field as `_`.
 //! `devTime` carries milliseconds with its `devTimeFormat` (Java `SimpleDateFormat`).
 
-use super::Event;
+use super::{Event, push_char, push_pair};
 
 /// The attribute delimiter.
 pub const DELIMITER: char = '\t';
@@ -36,18 +36,8 @@ pub fn push_value(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-fn push_char(out: &mut Vec<u8>, c: char) {
-    let mut buf = [0u8; 4];
-    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-}
-
 fn pair(out: &mut Vec<u8>, key: &str, value: &str) {
-    if out.last().is_some_and(|&b| b != b'|') {
-        out.push(DELIMITER as u8);
-    }
-    out.extend_from_slice(key.as_bytes());
-    out.push(b'=');
-    push_value(out, value);
+    push_pair(out, DELIMITER as u8, key, value, push_value);
 }
 
 /// `2023-06-13T09:31:06.123Z` from an event timestamp (milliseconds since the epoch).

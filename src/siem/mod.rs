@@ -207,3 +207,26 @@ pub fn with_header(header: &[u8], message: Vec<u8>) -> Vec<u8> {
     out.extend_from_slice(&message);
     out
 }
+
+/// Appends one character as UTF-8 (the escaping loops of CEF and LEEF pass most through).
+fn push_char(out: &mut Vec<u8>, c: char) {
+    let mut buf = [0u8; 4];
+    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+}
+
+/// Appends `key=value` after `separator`, unless it is the first pair after the header's
+/// last `|`; `push_value` escapes the value in the format's way.
+fn push_pair(
+    out: &mut Vec<u8>,
+    separator: u8,
+    key: &str,
+    value: &str,
+    push_value: fn(&mut Vec<u8>, &str),
+) {
+    if out.last().is_some_and(|&b| b != b'|') {
+        out.push(separator);
+    }
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    push_value(out, value);
+}

@@ -203,13 +203,21 @@ where
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(err)?
     };
+    read_response(response, alpn).await
+}
+
+/// The status, headers and whole body of `response`.
+async fn read_response(
+    response: hyper::Response<hyper::body::Incoming>,
+    alpn: Option<Vec<u8>>,
+) -> Result<HttpResponse, ClientError> {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(err)?
+        .map_err(|e| ClientError(format!("http: {e}")))?
         .to_bytes();
     Ok(HttpResponse {
         status,
@@ -322,20 +330,7 @@ impl PersistentH2 {
         let err = |e: hyper::Error| ClientError(format!("http: {e}"));
         let result = async {
             let response = sender.send_request(req).await.map_err(err)?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(err)?
-                .to_bytes();
-            Ok(HttpResponse {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                alpn: Some(b"h2".to_vec()),
-            })
+            read_response(response, Some(b"h2".to_vec())).await
         }
         .await;
         if result.is_err() {

@@ -464,8 +464,17 @@ async fn load(o: LoadOptions) -> anyhow::Result<()> {
                 None => Sender::connect(TokioIo::new(tcp), http2).await?,
             };
             let mut streams = tokio::task::JoinSet::new();
+            // --streams above 1 is refused for HTTP/1.1, so only HTTP/2 senders are shared.
+            let mut sender = Some(sender);
             for template in templates {
-                streams.spawn(stream.clone().drive(sender.clone(), template));
+                let Some(this) = sender
+                    .as_ref()
+                    .and_then(Sender::another)
+                    .or_else(|| sender.take())
+                else {
+                    break;
+                };
+                streams.spawn(stream.clone().drive(this, template));
             }
             let mut latencies = Vec::new();
             while let Some(done) = streams.join_next().await {
@@ -577,9 +586,8 @@ impl Stream {
 }
 
 /// A connection's request sender; an HTTP/2 one is shared by its streams.
-#[derive(Clone)]
 enum Sender {
-    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
@@ -596,7 +604,15 @@ impl Sender {
         } else {
             let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(conn);
-            Ok(Self::H1(Arc::new(tokio::sync::Mutex::new(sender))))
+            Ok(Self::H1(sender))
+        }
+    }
+
+    /// Another handle on the same connection, for one more stream (HTTP/2 only).
+    fn another(&self) -> Option<Self> {
+        match self {
+            Self::H1(_) => None,
+            Self::H2(s) => Some(Self::H2(s.clone())),
         }
     }
 
@@ -605,7 +621,7 @@ impl Sender {
         request: hyper::Request<Full<Bytes>>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         Ok(match self {
-            Self::H1(s) => s.lock().await.send_request(request).await?,
+            Self::H1(s) => s.send_request(request).await?,
             Self::H2(s) => s.send_request(request).await?,
         })
     }
@@ -620,6 +636,34 @@ struct SinkCounters {
     bad_frames: AtomicU64,
     first_ns: AtomicU64,
     last_ns: AtomicU64,
+}
+
+impl SinkCounters {
+    /// Counts `events` messages of `bytes` received now, and their auditIDs.
+    fn record(
+        &self,
+        epoch: Instant,
+        events: u64,
+        bytes: u64,
+        ids: &std::sync::Mutex<HashSet<u64>>,
+        local_ids: &mut Vec<u64>,
+    ) {
+        if events == 0 {
+            return;
+        }
+        let now = u64::try_from(epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self
+            .first_ns
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.last_ns.fetch_max(now, Ordering::Relaxed);
+        self.events.fetch_add(events, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Ok(mut set) = ids.lock() {
+            set.extend(local_ids.drain(..));
+        }
+    }
 }
 
 /// What the sink speaks.
@@ -757,21 +801,7 @@ async fn count_relp<S: AsyncRead + AsyncWrite + Unpin>(
             consumed += used;
         }
         buf.drain(..consumed);
-        if events > 0 {
-            let now = u64::try_from(epoch.elapsed().as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let _ =
-                counters
-                    .first_ns
-                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-            counters.last_ns.fetch_max(now, Ordering::Relaxed);
-            counters.events.fetch_add(events, Ordering::Relaxed);
-            counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-            if let Ok(mut set) = ids.lock() {
-                set.extend(local_ids.drain(..));
-            }
-        }
+        counters.record(epoch, events, bytes, ids, &mut local_ids);
         if !out.is_empty() {
             wr.write_all(&out).await?;
             out.clear();
@@ -870,21 +900,7 @@ async fn count_frames<S: AsyncRead + Unpin>(
             events += 1;
         }
         buf.drain(..consumed);
-        if events > 0 {
-            let now = u64::try_from(epoch.elapsed().as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let _ =
-                counters
-                    .first_ns
-                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-            counters.last_ns.fetch_max(now, Ordering::Relaxed);
-            counters.events.fetch_add(events, Ordering::Relaxed);
-            counters.bytes.fetch_add(consumed as u64, Ordering::Relaxed);
-            if let Ok(mut set) = ids.lock() {
-                set.extend(local_ids.drain(..));
-            }
-        }
+        counters.record(epoch, events, consumed as u64, ids, &mut local_ids);
     }
 }
 
