@@ -107,9 +107,7 @@ pub use split::Item;
 impl Item<'_> {
     /// The checks of [`EventView::parse`] beyond the parse itself (an object by construction).
     fn passes_checks(&self) -> bool {
-        !self.view.audit_id.is_empty()
-            && !self.view.stage.is_empty()
-            && check_unicode_escapes(self.json).is_ok()
+        self.view.check(self.json).is_ok()
     }
 }
 
@@ -252,21 +250,22 @@ impl<'a> EventView<'a> {
                 reason: "not a JSON object".into(),
             });
         }
-        check_unicode_escapes(item.get())
+        view.check(item.get())
             .map_err(|reason| AuditError::BadItem { index, reason })?;
-        if view.audit_id.is_empty() {
-            return Err(AuditError::BadItem {
-                index,
-                reason: "empty auditID".into(),
-            });
-        }
-        if view.stage.is_empty() {
-            return Err(AuditError::BadItem {
-                index,
-                reason: "empty stage".into(),
-            });
-        }
         Ok(view)
+    }
+
+    /// What an item must also satisfy once its fields are read: a usable `auditID` and
+    /// `stage`, and no `\u` escape that is not a character. `json` is the item's text.
+    fn check(&self, json: &str) -> Result<(), String> {
+        check_unicode_escapes(json)?;
+        if self.audit_id.is_empty() {
+            return Err("empty auditID".into());
+        }
+        if self.stage.is_empty() {
+            return Err("empty stage".into());
+        }
+        Ok(())
     }
 
     /// `user.username`, empty when absent.

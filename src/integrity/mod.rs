@@ -119,39 +119,27 @@ pub fn prework_of(record: &[u8]) -> Prework {
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     bytes
         .iter()
-        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])
+        .flat_map(|&b| hex_digits(b))
         .map(char::from)
         .collect()
+}
+
+/// The two lower-case hex digits of `b`.
+fn hex_digits(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
 }
 
 /// The hex of a chain value, on the stack: on the store path one copy into the record, where
 /// `fmt` cost a tenth of a record's stamping and 64 pushes most of the rest.
 fn hex32(h: &[u8; 32]) -> [u8; 64] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 64];
-    for (pair, b) in out.chunks_exact_mut(2).zip(h) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(h) {
+        pair.copy_from_slice(&hex_digits(b));
     }
     out
-}
-
-/// `n` in decimal, on the stack (a sequenceId has at most 10 digits); the digits are the
-/// tail of the returned buffer from the returned index.
-fn decimal(mut n: u64) -> ([u8; 20], usize) {
-    let mut out = [0u8; 20];
-    let mut at = out.len();
-    loop {
-        at -= 1;
-        out[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return (out, at);
-        }
-    }
 }
 
 /// 32 bytes from 64 hex digits.
@@ -373,8 +361,7 @@ impl ChainStamp {
     /// Appends the SD elements for record `n` with chain value `h`.
     fn push_elements(&mut self, out: &mut BytesMut, n: u64, h: &[u8; 32]) {
         out.extend_from_slice(b"[meta sequenceId=\"");
-        let (digits, at) = decimal(n);
-        out.extend_from_slice(&digits[at..]);
+        crate::syslog::frame::write_decimal(out, n);
         if std::mem::take(&mut self.state.first) {
             let uptime = self.started.elapsed().as_millis() / 10;
             out.extend_from_slice(format!("\" sysUpTime=\"{uptime}").as_bytes());
@@ -607,8 +594,9 @@ mod tests {
             crate::stamp::MAX_SEQUENCE_ID,
             u64::MAX,
         ] {
-            let (digits, at) = decimal(n);
-            assert_eq!(&digits[at..], n.to_string().as_bytes());
+            let mut digits = BytesMut::new();
+            crate::syslog::frame::write_decimal(&mut digits, n);
+            assert_eq!(&digits[..], n.to_string().as_bytes());
         }
         let h = sha256(&[b"x"]);
         let text: String = h.iter().map(|b| format!("{b:02x}")).collect();

@@ -21,7 +21,7 @@ pub fn frame(framing: Framing, message: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends `n` in decimal without going through `fmt` (this runs once per event).
-pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn write_decimal(out: &mut impl bytes::BufMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -32,7 +32,7 @@ pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    out.put_slice(&digits[i..]);
 }
 
 /// A stream that does not follow the framing.
