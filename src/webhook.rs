@@ -282,7 +282,8 @@ impl Webhook {
             WebhookError::Unauthorized => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            WebhookError::Unavailable(_) | WebhookError::StoreTimeout | WebhookError::Busy => {
+            // Every 503 says when to come back; which errors are 503 is `status`'s choice.
+            _ if err.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(RETRY_AFTER, self.retry_after.clone());
             }
             _ => {}
