@@ -4,6 +4,7 @@
 //! is carried as raw JSON, so unknown and future fields pass through untouched and no event
 //! is re-serialised on the hot path.
 
+mod scan;
 mod split;
 
 use std::borrow::Cow;
@@ -67,10 +68,24 @@ impl<'a> EventList<'a> {
     /// # Errors
     /// [`AuditError`] when the body is not an EventList or any item is unusable.
     pub fn items(body: &'a [u8]) -> Result<Vec<Item<'a>>, AuditError> {
+        if let Some(items) = Self::items_scanned(body) {
+            return Ok(items);
+        }
         match Self::items_one_scan(body) {
             Some(items) => Ok(items),
             None => Self::items_two_scans(body),
         }
+    }
+
+    /// The first path of [`EventList::items`]: the relay's own scanner (`scan`), for plain
+    /// JSON; `None` when it cannot vouch for the result (escapes where it reads a field,
+    /// unexpected types, any error), and the serde paths decide.
+    pub fn items_scanned(body: &'a [u8]) -> Option<Vec<Item<'a>>> {
+        std::str::from_utf8(body)
+            .ok()
+            .and_then(scan::items)
+            // The scanner has refused every `\u` escape that is not a character.
+            .filter(|items| items.iter().all(|i| i.view.check_fields().is_ok()))
     }
 
     /// The one-scan path of [`EventList::items`] alone: `None` when it cannot vouch for the
@@ -95,6 +110,7 @@ impl<'a> EventList<'a> {
             .map(|(index, raw)| {
                 EventView::parse(index, raw).map(|view| Item {
                     json: raw.get(),
+                    compact: false,
                     view,
                 })
             })
@@ -259,6 +275,11 @@ impl<'a> EventView<'a> {
     /// `stage`, and no `\u` escape that is not a character. `json` is the item's text.
     fn check(&self, json: &str) -> Result<(), String> {
         check_unicode_escapes(json)?;
+        self.check_fields()
+    }
+
+    /// The checks of [`EventView::check`] on the fields alone.
+    fn check_fields(&self) -> Result<(), String> {
         if self.audit_id.is_empty() {
             return Err("empty auditID".into());
         }
@@ -323,8 +344,9 @@ fn check_unicode_escapes(item: &str) -> Result<(), String> {
 /// Appends `item` to `out` as one compact JSON line in the shape of the apiserver's own
 /// audit log: `"kind":"Event","apiVersion":"audit.k8s.io/v1"` first when the item lacks them,
 /// whitespace outside strings removed (a no-op for the compact JSON the apiserver sends), every
-/// other byte as received.
-pub fn write_event_line(out: &mut Vec<u8>, item: &str, view: &EventView<'_>) {
+/// other byte as received. `compact` says the item is known to have no such whitespace
+/// ([`Item::compact`]): it is then copied without looking.
+pub fn write_event_line(out: &mut Vec<u8>, item: &str, view: &EventView<'_>, compact: bool) {
     let body = item.trim();
     // An item is an object (EventView::parse succeeded), so it starts with `{`.
     let inner = body.strip_prefix('{').unwrap_or(body);
@@ -344,7 +366,11 @@ pub fn write_event_line(out: &mut Vec<u8>, item: &str, view: &EventView<'_>) {
     if prefixed && !inner.trim_start().starts_with('}') {
         out.push(b',');
     }
-    write_compact(out, inner);
+    if compact {
+        out.extend_from_slice(inner.as_bytes());
+    } else {
+        write_compact(out, inner);
+    }
 }
 
 /// Copies JSON text into `out` without the insignificant whitespace outside strings.
@@ -624,7 +650,7 @@ mod tests {
         let raw: &RawValue = serde_json::from_str(r#"{ "auditID": "a b", "stage":"X" }"#).unwrap();
         let view = EventView::parse(0, raw).unwrap();
         let mut out = Vec::new();
-        write_event_line(&mut out, raw.get(), &view);
+        write_event_line(&mut out, raw.get(), &view, false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"a b","stage":"X"}"#
@@ -637,7 +663,7 @@ mod tests {
             serde_json::from_str(r#"{"kind":"Event","auditID":"a","stage":"X"}"#).unwrap();
         let view = EventView::parse(0, raw).unwrap();
         let mut out = Vec::new();
-        write_event_line(&mut out, raw.get(), &view);
+        write_event_line(&mut out, raw.get(), &view, false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"apiVersion":"audit.k8s.io/v1","kind":"Event","auditID":"a","stage":"X"}"#
@@ -661,7 +687,7 @@ mod tests {
             assert_eq!(parsed.is_ok(), ok, "{json}");
             if ok {
                 let mut line = Vec::new();
-                write_event_line(&mut line, raw.get(), &parsed.unwrap());
+                write_event_line(&mut line, raw.get(), &parsed.unwrap(), false);
                 serde_json::from_slice::<serde_json::Value>(&line).unwrap();
             }
         }

@@ -96,7 +96,18 @@ impl Pipeline {
         // one per record (and per clone). `scratch` is where each is rendered first.
         let mut records = BytesMut::with_capacity(body.len() + items.len() * 160);
         let mut scratch = Vec::with_capacity(4096);
-        for ((Item { json: item, view }, key), seen) in items.iter().zip(keys).zip(seen) {
+        for (
+            (
+                Item {
+                    json: item,
+                    compact,
+                    view,
+                },
+                key,
+            ),
+            seen,
+        ) in items.iter().zip(keys).zip(seen)
+        {
             if seen || !in_batch.insert(key) {
                 batch.summary.duplicates += 1;
                 continue;
@@ -107,10 +118,12 @@ impl Pipeline {
             }
             let redacted = self.policy.redact(item);
             batch.summary.redacted += usize::from(redacted.is_some());
+            // Redaction rewrites the text, so what the scan knew no longer holds.
+            let compact = *compact && redacted.is_none();
             let item = redacted.as_deref().unwrap_or(item);
             match self
                 .renderer
-                .render_into(&mut scratch, item, view, received_at)
+                .render_into(&mut scratch, item, view, compact, received_at)
             {
                 Ok(truncated) => {
                     batch.summary.truncated += usize::from(truncated);

@@ -1,14 +1,16 @@
-//! The one-scan split (`EventList::items`) against the two-scan reference
-//! (`EventList::items_two_scans`): on every corpus body and captured apiserver body, on
+//! The fast paths of the split (`EventList::items`: the relay's own scanner, then serde in
+//! one scan) against the two-scan reference (`EventList::items_two_scans`): on every corpus
+//! body and captured apiserver body, on
 //! reformatted copies (whitespace everywhere JSON allows it, `items` first or last), and on
 //! thousands of byte-level mutations of them, both give the same items, byte for byte, with
-//! the same fields, or the same error.
+//! the same fields, or the same error; and an item the scanner calls compact is one that
+//! compaction leaves as it is.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
 
-use kube_audit_relay::audit::{AuditError, EventList, Item};
+use kube_audit_relay::audit::{AuditError, EventList, Item, write_compact};
 
 fn describe(r: &Result<Vec<Item<'_>>, AuditError>) -> String {
     match r {
@@ -21,6 +23,13 @@ fn describe(r: &Result<Vec<Item<'_>>, AuditError>) -> String {
 }
 
 fn same(body: &[u8]) -> bool {
+    for item in EventList::items_scanned(body).unwrap_or_default() {
+        if item.compact {
+            let mut out = Vec::new();
+            write_compact(&mut out, item.json);
+            assert_eq!(out, item.json.as_bytes(), "called compact");
+        }
+    }
     let one = EventList::items(body);
     let two = EventList::items_two_scans(body);
     assert_eq!(
@@ -63,6 +72,14 @@ fn the_corpus_splits_the_same_in_one_scan() {
             EventList::items_one_scan(&body).is_some(),
             "the one-scan path takes it: {head}"
         );
+        let scanned = EventList::items_scanned(&body);
+        assert!(scanned.is_some(), "the scanner takes it: {head}");
+        // The corpus is compact, as the apiserver sends it, except the pretty-printed copy.
+        let compact = scanned.unwrap().iter().filter(|i| i.compact).count();
+        assert!(
+            compact > 0 || body.contains(&b'\n') || body.len() < 30,
+            "{head}"
+        );
     }
 }
 
@@ -77,7 +94,7 @@ fn mutated_bodies_split_the_same_or_fail_the_same() {
         state
     };
     let interesting = b"{}[]\",:\\ \n0aeE-.tfnu";
-    let (mut accepted, mut refused, mut one_scan) = (0, 0, 0);
+    let (mut accepted, mut refused, mut one_scan, mut scanned) = (0, 0, 0, 0);
     for body in bodies().iter().filter(|b| b.len() < 200_000) {
         for _ in 0..200 {
             let mut m = body.clone();
@@ -95,6 +112,7 @@ fn mutated_bodies_split_the_same_or_fail_the_same() {
                 }
             }
             one_scan += usize::from(EventList::items_one_scan(&m).is_some());
+            scanned += usize::from(EventList::items_scanned(&m).is_some());
             if same(&m) {
                 accepted += 1;
             } else {
@@ -111,4 +129,5 @@ fn mutated_bodies_split_the_same_or_fail_the_same() {
         one_scan > 100,
         "{one_scan} mutations taken by the one-scan path"
     );
+    assert!(scanned > 100, "{scanned} mutations taken by the scanner");
 }

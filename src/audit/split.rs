@@ -24,6 +24,9 @@ use super::{Borrowed, EventView, StatusView, UserView};
 pub struct Item<'a> {
     /// The item's bytes in the body, from its `{` to its `}`.
     pub json: &'a str,
+    /// Whether `json` is known to hold no whitespace outside its strings (then rendering
+    /// copies it as it is); `false` says only "not known".
+    pub compact: bool,
     /// Its fields.
     pub view: EventView<'a>,
 }
@@ -62,7 +65,11 @@ pub(super) fn items(text: &str) -> Option<Vec<Item<'_>>> {
             None => before(bytes, close, b'}')?,
         } + 1;
         let json = text.get(*starts.get(i)?..end)?;
-        items.push(Item { json, view });
+        items.push(Item {
+            json,
+            compact: false,
+            view,
+        });
     }
     Some(items)
 }

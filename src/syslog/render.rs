@@ -73,12 +73,13 @@ impl Renderer {
         received_at: &str,
     ) -> Result<Rendered, TooLarge> {
         let mut message = Vec::with_capacity(item.len() + 160);
-        let truncated = self.render_into(&mut message, item, view, received_at)?;
+        let truncated = self.render_into(&mut message, item, view, false, received_at)?;
         Ok(Rendered { message, truncated })
     }
 
     /// [`Renderer::render`] into `message` (cleared first), so that a batch reuses one
-    /// buffer; returns whether the truncation rule was applied.
+    /// buffer; returns whether the truncation rule was applied. `compact`: the item is known
+    /// to hold no whitespace outside strings ([`crate::audit::Item::compact`]).
     ///
     /// # Errors
     /// [`TooLarge`] when even the truncated event exceeds `max_message_bytes`.
@@ -87,18 +88,19 @@ impl Renderer {
         message: &mut Vec<u8>,
         item: &str,
         view: &EventView<'_>,
+        compact: bool,
         received_at: &str,
     ) -> Result<bool, TooLarge> {
         message.clear();
         self.write_header(message, view, received_at);
         let header_len = message.len();
-        audit::write_event_line(message, item, view);
+        audit::write_event_line(message, item, view, compact);
         if message.len() <= self.max_message_bytes {
             return Ok(false);
         }
         message.truncate(header_len);
         if let Some(short) = audit::truncate_event(item) {
-            audit::write_event_line(message, &short, view);
+            audit::write_event_line(message, &short, view, false);
         }
         if message.len() > header_len && message.len() <= self.max_message_bytes {
             Ok(true)
