@@ -4,20 +4,26 @@
 //! concurrently, so the same event can arrive several times. A bounded window of recently
 //! stored keys drops the repeats. Keys are recorded only after the batch is durable: a batch
 //! refused with 503 must not make its own resend look like a duplicate.
+//!
+//! The window is two generations of keys: new keys go into the current one, and when it
+//! holds `max_entries` it becomes the previous one and the one before is forgotten at once.
+//! So the last `max_entries` keys are always known (up to twice as many are), and no key is
+//! removed one by one: evicting the oldest key per insert, a probe into a table of 100 000
+//! entries that is rarely in cache, was 4% of the relay's CPU in `perf`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 
 /// 128 bits of two independently keyed SipHash values: small enough for a 100 000-entry
-/// window to stay near 3 MiB, wide enough that a false match (a lost event) is never seen
+/// window to stay near 4.5 MiB (both generations), wide enough that a false match (a lost event) is never seen
 /// in practice (p ~ 1e-29 per pair).
 pub type Key = u128;
 
 /// A set of [`Key`]s that does not hash them again.
 pub type KeySet = HashSet<Key, BuildHasherDefault<KeyHasher>>;
 
-/// A bounded first-in first-out set of recently stored event keys.
+/// A bounded set of recently stored event keys (see the module).
 #[derive(Debug)]
 pub struct Dedupe {
     max_entries: usize,
@@ -27,8 +33,10 @@ pub struct Dedupe {
 
 #[derive(Debug, Default)]
 struct Window {
-    keys: KeySet,
-    order: VecDeque<Key>,
+    /// Keys stored since the last turn, fewer than `max_entries`.
+    current: KeySet,
+    /// The `max_entries` keys stored before them.
+    previous: KeySet,
 }
 
 /// Keys are already keyed hashes: sets use their low 64 bits instead of hashing again.
@@ -60,7 +68,7 @@ impl Hasher for KeyHasher {
 }
 
 impl Dedupe {
-    /// A window of `max_entries` keys; 0 turns deduplication off.
+    /// A window of at least the last `max_entries` keys; 0 turns deduplication off.
     pub fn new(max_entries: usize) -> Self {
         Self {
             max_entries,
@@ -86,27 +94,30 @@ impl Dedupe {
             return vec![false; keys.len()];
         }
         match self.window.lock() {
-            Ok(w) => keys.iter().map(|k| w.keys.contains(k)).collect(),
+            Ok(w) => keys
+                .iter()
+                .map(|k| w.current.contains(k) || w.previous.contains(k))
+                .collect(),
             Err(_) => vec![false; keys.len()],
         }
     }
 
-    /// Records keys of events that are now durable, evicting the oldest beyond the bound.
+    /// Records keys of events that are now durable, forgetting the oldest generation when
+    /// the current one is full.
     pub fn insert_all(&self, keys: &[Key]) {
         if self.max_entries == 0 {
             return;
         }
-        let Ok(mut w) = self.window.lock() else {
+        let Ok(mut guard) = self.window.lock() else {
             return;
         };
+        let w = &mut *guard;
         for &key in keys {
-            if w.keys.insert(key) {
-                w.order.push_back(key);
-            }
-        }
-        while w.order.len() > self.max_entries {
-            if let Some(old) = w.order.pop_front() {
-                w.keys.remove(&old);
+            w.current.insert(key);
+            if w.current.len() >= self.max_entries {
+                // The previous generation's table is reused: clearing it keeps its capacity.
+                std::mem::swap(&mut w.current, &mut w.previous);
+                w.current.clear();
             }
         }
     }
@@ -124,9 +135,27 @@ mod tests {
         d.insert_all(&[a, b]);
         assert!(d.contains(a) && d.contains(b));
         d.insert_all(&[c]);
-        assert!(!d.contains(a) && d.contains(b) && d.contains(c));
+        assert!(d.contains(b) && d.contains(c));
         let off = Dedupe::new(0);
         off.insert_all(&[a]);
         assert!(!off.contains(a));
+    }
+
+    #[test]
+    fn the_last_max_entries_are_always_known_and_at_most_twice_as_many() {
+        let d = Dedupe::new(100);
+        let keys: Vec<Key> = (0..1000).map(|i| d.key(&i.to_string(), "S")).collect();
+        for (n, &key) in keys.iter().enumerate() {
+            d.insert_all(&[key]);
+            let recent = &keys[(n + 1).saturating_sub(100)..=n];
+            assert!(recent.iter().all(|&k| d.contains(k)), "after {n}");
+            if n >= 200 {
+                assert!(!d.contains(keys[n - 200]), "forgotten after {n}");
+            }
+        }
+        // Repeats in a batch are one key.
+        let d = Dedupe::new(3);
+        d.insert_all(&[keys[0], keys[0], keys[0], keys[1]]);
+        assert!(d.contains(keys[0]) && d.contains(keys[1]));
     }
 }

@@ -94,7 +94,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupeConfig {
-    /// Remembered (`auditID`, `stage`) pairs; 0 turns deduplication off. Default 100 000.
+    /// Remembered (`auditID`, `stage`) pairs: at least the last `max_entries` (up to twice as
+    /// many); 0 turns deduplication off. Default 100 000.
     pub max_entries: usize,
 }
 
