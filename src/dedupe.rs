@@ -1,8 +1,11 @@
-//! Duplicate suppression on (`auditID`, `stage`).
+//! Duplicate suppression on (`auditID`, `stage`) and the event's exact bytes.
 //!
 //! The apiserver resends a whole batch when an answer is late or lost, and sends batches
-//! concurrently, so the same event can arrive several times. A bounded window of recently
-//! stored keys drops the repeats. Keys are recorded only after the batch is durable: a batch
+//! concurrently, so the same event can arrive several times, byte for byte the same. A
+//! bounded window of recently stored keys drops the repeats. The bytes are part of the key
+//! because the apiserver takes a request's auditID from its `Audit-ID` header when the
+//! client sends one: keyed on (`auditID`, `stage`) alone, any client could make its own
+//! request vanish from the trail by reusing a recent auditID. Keys are recorded only after the batch is durable: a batch
 //! refused with 503 must not make its own resend look like a duplicate.
 //!
 //! The window is two generations of keys: new keys go into the current one, and when it
@@ -15,7 +18,8 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 
-/// 128 bits of two independently keyed SipHash values: small enough for a 100 000-entry
+/// 128 bits of two independently keyed SipHash values (of `auditID` and `stage`, and of the
+/// event's bytes): small enough for a 100 000-entry
 /// window to stay near 4.5 MiB (both generations), wide enough that a false match (a lost event) is never seen
 /// in practice (p ~ 1e-29 per pair).
 pub type Key = u128;
@@ -77,10 +81,13 @@ impl Dedupe {
         }
     }
 
-    /// The key of one event.
-    pub fn key(&self, audit_id: &str, stage: &str) -> Key {
-        let half = |state: &RandomState| state.hash_one((audit_id, stage));
-        (u128::from(half(&self.hashers.0)) << 64) | u128::from(half(&self.hashers.1))
+    /// The key of one event: its `auditID` and `stage` (read from it) and its JSON text as
+    /// received (`item`). Equal only for the same event resent; without the secret keys no
+    /// client can make another event's key.
+    pub fn key(&self, audit_id: &str, stage: &str, item: &str) -> Key {
+        let ids = self.hashers.0.hash_one((audit_id, stage));
+        let bytes = self.hashers.1.hash_one(item.as_bytes());
+        (u128::from(ids) << 64) | u128::from(bytes)
     }
 
     /// Whether the key was stored recently.
@@ -130,8 +137,16 @@ mod tests {
     #[test]
     fn bounded_window() {
         let d = Dedupe::new(2);
-        let (a, b, c) = (d.key("a", "S"), d.key("b", "S"), d.key("c", "S"));
-        assert_ne!(d.key("a", "S"), d.key("a", "T"));
+        let (a, b, c) = (
+            d.key("a", "S", "{}"),
+            d.key("b", "S", "{}"),
+            d.key("c", "S", "{}"),
+        );
+        assert_eq!(d.key("a", "S", "{}"), a);
+        assert_ne!(d.key("a", "S", "{}"), d.key("a", "T", "{}"));
+        // The same auditID and stage with other bytes: another event, as when a client
+        // chooses its Audit-ID.
+        assert_ne!(d.key("a", "S", "{}"), d.key("a", "S", "{ }"));
         d.insert_all(&[a, b]);
         assert!(d.contains(a) && d.contains(b));
         d.insert_all(&[c]);
@@ -144,7 +159,9 @@ mod tests {
     #[test]
     fn the_last_max_entries_are_always_known_and_at_most_twice_as_many() {
         let d = Dedupe::new(100);
-        let keys: Vec<Key> = (0..1000).map(|i| d.key(&i.to_string(), "S")).collect();
+        let keys: Vec<Key> = (0..1000)
+            .map(|i| d.key(&i.to_string(), "S", "{}"))
+            .collect();
         for (n, &key) in keys.iter().enumerate() {
             d.insert_all(&[key]);
             let recent = &keys[(n + 1).saturating_sub(100)..=n];

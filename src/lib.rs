@@ -5,7 +5,7 @@
 //! ```text
 //! apiserver ──HTTPS (mTLS)──▶ listener (connection cap, TLS handshake, lingering close)
 //!    ─▶ webhook (HTTP: method, path, token, type, size; the status of every refusal)
-//!    ─▶ pipeline (pure): audit (EventList split into raw items) ─▶ dedupe (auditID, stage)
+//!    ─▶ pipeline (pure): audit (EventList split into raw items) ─▶ dedupe (auditID, stage, bytes)
 //!         ─▶ filter (keep/drop rules, redaction) ─▶ syslog::render (RFC 5424 record)
 //!    ─▶ queue (memory, or disk with group-committed fsync; stamp: sequenceId) ─▶ 200
 //! queue ─▶ sender (one task per destination, own cursor)

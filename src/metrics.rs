@@ -21,7 +21,7 @@ type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 pub enum EventOutcome {
     /// `kar_events_received_total`: items in accepted EventLists.
     Received,
-    /// `kar_events_deduplicated_total`: repeats of (auditID, stage) dropped.
+    /// `kar_events_deduplicated_total`: repeats of an event (auditID, stage, bytes) dropped.
     Deduplicated,
     /// `kar_events_truncated_total`: shortened by the apiserver truncation rule.
     Truncated,
@@ -187,7 +187,7 @@ impl Metrics {
         );
         r.register(
             "events_deduplicated",
-            "Events dropped as repeats of (auditID, stage)",
+            "Events dropped as repeats (same auditID, stage and bytes)",
             m.events_deduplicated.clone(),
         );
         r.register(

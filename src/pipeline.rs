@@ -1,5 +1,5 @@
 //! The ingest step between HTTP and the queue, pure and synchronous: an `EventList` body is
-//! split into its items, repeats of (`auditID`, `stage`) are dropped, filter and redaction
+//! split into its items, repeats of an event (its `auditID`, `stage` and bytes) are dropped, filter and redaction
 //! rules applied, and each remaining event rendered as an RFC 5424 record. No HTTP, no I/O,
 //! no clock: the webhook, the benchmark and the fuzz targets all call [`Pipeline::run`].
 //!
@@ -88,7 +88,7 @@ impl Pipeline {
         };
         let keys: Vec<Key> = items
             .iter()
-            .map(|i| self.dedupe.key(&i.view.audit_id, &i.view.stage))
+            .map(|i| self.dedupe.key(&i.view.audit_id, &i.view.stage, i.json))
             .collect();
         let seen = self.dedupe.seen(&keys);
         let mut in_batch = KeySet::with_capacity_and_hasher(items.len(), Default::default());

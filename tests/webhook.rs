@@ -247,6 +247,55 @@ async fn duplicates_are_dropped_across_and_within_requests() {
     assert_eq!(ids.len(), events.len());
 }
 
+/// The apiserver takes a request's auditID from its `Audit-ID` header when the client sends
+/// one, so a client can give a request of its own the auditID of a recent one. That event
+/// is a different one (other verb, other object) and must reach the receiver, while a true
+/// resend of either is still dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_audit_id_does_not_hide_another_event() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = plain_relay(sink.addr.port(), "[listen]\naddress = \"127.0.0.1:0\"").await;
+    let mut first = support::small_events(20_000, 1).remove(0);
+    let mut second = first.clone();
+    let mut value = first.value.clone();
+    value["verb"] = serde_json::json!("delete");
+    value["objectRef"] = serde_json::json!({"resource": "secrets", "namespace": "kube-system", "name": "admin-token"});
+    second.item = serde_json::to_string(&value).unwrap();
+    second.value = value;
+    assert_eq!(
+        (&first.audit_id, &first.stage),
+        (&second.audit_id, &second.stage)
+    );
+    first.item = serde_json::to_string(&first.value).unwrap();
+    let plain = ClientOptions::default();
+    for events in [
+        vec![first.clone()],
+        vec![second.clone()],
+        vec![first.clone(), second.clone()],
+    ] {
+        let r = post_batch(relay.addr, &plain, eventlist(&events))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let m = relay
+        .wait_metric(
+            "kar_events_sent_total{destination=\"sink\"}",
+            2.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        m["kar_events_deduplicated_total"], 2.0,
+        "the resend of both"
+    );
+    let got = sink.messages();
+    assert_eq!(got.len(), 2, "each once");
+    // Field by field, each as its own event: the original first, then the other one.
+    check_message(&got[0], &first, "c1");
+    check_message(&got[1], &second, "c1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_events_are_truncated_by_the_apiserver_rule_or_dropped() {
     let sink = Sink::start(Framing::Octet, None).await;

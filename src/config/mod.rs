@@ -67,7 +67,7 @@ pub struct Config {
     /// The boundary between the HTTP side and the senders.
     #[serde(default)]
     pub queue: QueueConfig,
-    /// Duplicate suppression on (`auditID`, `stage`).
+    /// Duplicate suppression on (`auditID`, `stage`) and the event's bytes.
     #[serde(default)]
     pub dedupe: DedupeConfig,
     /// Shutdown behaviour.
@@ -94,7 +94,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupeConfig {
-    /// Remembered (`auditID`, `stage`) pairs: at least the last `max_entries` (up to twice as
+    /// Remembered events (keyed by `auditID`, `stage` and bytes): at least the last `max_entries` (up to twice as
     /// many); 0 turns deduplication off. Default 100 000.
     pub max_entries: usize,
 }
