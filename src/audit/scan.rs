@@ -159,7 +159,10 @@ impl<'a> Scanner<'a> {
     fn items(&mut self) -> Option<Vec<Item<'a>>> {
         self.eat(b'[')?;
         self.ws();
-        let mut items = Vec::with_capacity(self.b.len() / 1024 + 1);
+        // About one item per 700 bytes, as Metadata events are; at most the apiserver's
+        // default batch (400), so that a body of large events does not reserve an item per
+        // kilobyte (a 20 MB body would hold 20 000 empty slots of ~270 bytes).
+        let mut items = Vec::with_capacity((self.b.len() / 640 + 1).min(400));
         if self.eat(b']').is_some() {
             return Some(items);
         }

@@ -904,11 +904,15 @@ async fn count_frames<S: AsyncRead + Unpin>(
     }
 }
 
-/// Hash of the `auditID` value in a message, found by substring (no JSON parse).
+/// Hash of the `auditID` value in a message, found by substring (no JSON parse). With
+/// `memmem` (SIMD) rather than a byte-by-byte window compare, which cost the sink ~20
+/// instructions per byte before the auditID: about 3 000 per event, and more for records
+/// with more structured data in front (the integrity trail's), so that the sink's own cost
+/// counted against the relay in same-machine runs.
 fn audit_id_hash(message: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"auditID\":\"";
-    let start = message.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let len = message[start..].iter().position(|&b| b == b'"')?;
+    let start = memchr::memmem::find(message, KEY)? + KEY.len();
+    let len = memchr::memchr(b'"', &message[start..])?;
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     Some(BuildHasherDefault::<DefaultHasher>::default().hash_one(&message[start..start + len]))
 }
