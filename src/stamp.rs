@@ -9,11 +9,13 @@
 //! `sysUpTime` (hundredths of a second since the relay started), so that a receiver can tell
 //! a restart of the numbering from a wrap.
 
-use bytes::Bytes;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::queue::{Prework, Stamp};
-use crate::syslog::convert::add_sd_element;
+use crate::syslog::convert::fields;
 
 /// The largest sequenceId (RFC 5424: 2^31 - 1); the next one is 1.
 pub const MAX_SEQUENCE_ID: u64 = 2_147_483_647;
@@ -23,11 +25,60 @@ pub fn sequence_id(seq: u64) -> u64 {
     seq % MAX_SEQUENCE_ID + 1
 }
 
+/// Appends `[meta sequenceId="N"]` for sequenceId `id`, with `sysUpTime="U"` when given.
+pub(crate) fn push_meta(out: &mut BytesMut, id: u64, uptime: Option<u128>) {
+    out.extend_from_slice(b"[meta sequenceId=\"");
+    crate::syslog::frame::write_decimal(out, id);
+    if let Some(uptime) = uptime {
+        out.extend_from_slice(format!("\" sysUpTime=\"{uptime}").as_bytes());
+    }
+    out.extend_from_slice(b"\"]");
+}
+
+/// Where stamped records are written: each is split off as a [`Bytes`] that shares the
+/// arena's allocation, so that stamping neither allocates nor formats per record (a `format!`
+/// and a `Vec` per record were a tenth of the chain's stamping).
+#[derive(Debug, Default)]
+pub(crate) struct Arena(BytesMut);
+
+impl Arena {
+    /// Room for a few dozen records per allocation.
+    const BYTES: usize = 64 << 10;
+
+    /// `record` with what `elements` writes (at most `extra` bytes) put first in its
+    /// STRUCTURED-DATA, which lies at `sd` (a `-` there is replaced).
+    pub(crate) fn insert(
+        &mut self,
+        record: &[u8],
+        sd: Range<usize>,
+        extra: usize,
+        elements: impl FnOnce(&mut BytesMut),
+    ) -> Bytes {
+        let need = record.len() + extra;
+        if self.0.capacity() < need {
+            self.0 = BytesMut::with_capacity(need.max(Self::BYTES));
+        }
+        let out = &mut self.0;
+        out.extend_from_slice(record.get(..sd.start).unwrap_or(record));
+        elements(out);
+        match record.get(sd.clone()) {
+            Some(b"-") | None => {}
+            Some(existing) => out.extend_from_slice(existing),
+        }
+        out.extend_from_slice(record.get(sd.end..).unwrap_or_default());
+        out.split().freeze()
+    }
+}
+
+/// The most `[meta sequenceId="2147483647" sysUpTime="..."]` takes.
+pub(crate) const META_MAX: usize = 80;
+
 /// Adds `[meta sequenceId="N"]` to every record.
 #[derive(Debug)]
 pub struct SequenceIds {
     started: Instant,
     first: bool,
+    arena: Arena,
 }
 
 impl Default for SequenceIds {
@@ -35,6 +86,7 @@ impl Default for SequenceIds {
         Self {
             started: Instant::now(),
             first: true,
+            arena: Arena::default(),
         }
     }
 }
@@ -42,15 +94,14 @@ impl Default for SequenceIds {
 impl SequenceIds {
     fn one(&mut self, seq: u64, record: &[u8]) -> Bytes {
         let id = sequence_id(seq);
-        let element = if std::mem::take(&mut self.first) {
-            let uptime = self.started.elapsed().as_millis() / 10;
-            format!("[meta sequenceId=\"{id}\" sysUpTime=\"{uptime}\"]")
-        } else {
-            format!("[meta sequenceId=\"{id}\"]")
-        };
+        let uptime =
+            std::mem::take(&mut self.first).then(|| self.started.elapsed().as_millis() / 10);
         // The records are the relay's own RFC 5424 records, so this always finds the SD.
-        add_sd_element(record, element.as_bytes())
-            .map_or_else(|| Bytes::copy_from_slice(record), Bytes::from)
+        let Some(f) = fields(record) else {
+            return Bytes::copy_from_slice(record);
+        };
+        self.arena
+            .insert(record, f.sd, META_MAX, |out| push_meta(out, id, uptime))
     }
 }
 
@@ -71,6 +122,34 @@ impl Stamp for SequenceIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elements_go_first_in_the_sd() {
+        let mut arena = Arena::default();
+        let mut insert = |record: &[u8]| {
+            let sd = fields(record).unwrap().sd;
+            arena.insert(record, sd, META_MAX, |out| push_meta(out, 7, None))
+        };
+        assert_eq!(
+            &insert(b"<1>1 - h a - m - {}")[..],
+            b"<1>1 - h a - m [meta sequenceId=\"7\"] {}"
+        );
+        assert_eq!(
+            &insert(b"<1>1 - h a - m [x@1 k=\"v\"] {}")[..],
+            b"<1>1 - h a - m [meta sequenceId=\"7\"][x@1 k=\"v\"] {}"
+        );
+        assert_eq!(
+            &insert(b"<1>1 - h a - m -")[..],
+            b"<1>1 - h a - m [meta sequenceId=\"7\"]"
+        );
+        // Records split off one arena stay intact as it fills and is replaced.
+        let record = format!("<1>1 - h a - m - {}", "x".repeat(30_000));
+        let stamped: Vec<Bytes> = (0..5).map(|_| insert(record.as_bytes())).collect();
+        for s in &stamped {
+            assert!(s.starts_with(b"<1>1 - h a - m [meta sequenceId=\"7\"] xxx"));
+            assert_eq!(s.len(), record.len() - 1 + 21);
+        }
+    }
 
     #[test]
     fn numbers_count_from_1_and_wrap_to_1() {

@@ -25,12 +25,12 @@ pub mod verify;
 
 use std::path::PathBuf;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, IntegrityConfig};
 use crate::queue::{Prework, PreworkFn, Stamp};
-use crate::stamp::sequence_id;
+use crate::stamp::{Arena, META_MAX, push_meta, sequence_id};
 use crate::syslog::convert::fields;
 use crate::syslog::render::sanitize;
 use crate::syslog::timestamp;
@@ -286,16 +286,13 @@ pub struct ChainStamp {
     trail_name: String,
     started: std::time::Instant,
     state: State,
-    /// Where stamped records are written: each is split off as a [`Bytes`] that shares the
-    /// arena's allocation, so stamping does not allocate per record.
-    arena: BytesMut,
+    /// Where stamped records are written.
+    arena: Arena,
 }
 
-/// The arena's size: a few dozen records per allocation.
-const ARENA_BYTES: usize = 64 << 10;
-/// The most the chain elements add to a record: `[meta sequenceId="2147483647"]` with
-/// `sysUpTime`, and `[trail@PEN chain="16 hex" h="64 hex"]`.
-const ELEMENTS_MAX: usize = 200;
+/// The most the chain element adds to a record besides the `meta` one and the names:
+/// `[trail@ chain="" h="64 hex"]`.
+const TRAIL_MAX: usize = 100;
 
 /// Why the trail cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +342,7 @@ impl ChainStamp {
             ),
             trail_name: format!("{TRAIL_SD}{}", config.syslog.enterprise_id.unwrap_or(32473)),
             started: std::time::Instant::now(),
-            arena: BytesMut::new(),
+            arena: Arena::default(),
             state: State {
                 head: genesis(&chain),
                 chain,
@@ -356,23 +353,6 @@ impl ChainStamp {
                 first: true,
             },
         })
-    }
-
-    /// Appends the SD elements for record `n` with chain value `h`.
-    fn push_elements(&mut self, out: &mut BytesMut, n: u64, h: &[u8; 32]) {
-        out.extend_from_slice(b"[meta sequenceId=\"");
-        crate::syslog::frame::write_decimal(out, n);
-        if std::mem::take(&mut self.state.first) {
-            let uptime = self.started.elapsed().as_millis() / 10;
-            out.extend_from_slice(format!("\" sysUpTime=\"{uptime}").as_bytes());
-        }
-        out.extend_from_slice(b"\"][");
-        out.extend_from_slice(self.trail_name.as_bytes());
-        out.extend_from_slice(b" chain=\"");
-        out.extend_from_slice(self.state.chain.as_bytes());
-        out.extend_from_slice(b"\" h=\"");
-        out.extend_from_slice(&hex32(h));
-        out.extend_from_slice(b"\"]");
     }
 
     /// Chains one record at queue place `seq`: its MSG digest extends the head, and the
@@ -391,20 +371,20 @@ impl ChainStamp {
         let h = link(&self.state.head, n, &prework.digest);
         self.state.head = h;
         self.state.last = Some(n);
-        let need = record.len() + ELEMENTS_MAX + self.trail_name.len() + self.state.chain.len();
-        if self.arena.capacity() < need {
-            self.arena = BytesMut::with_capacity(need.max(ARENA_BYTES));
-        }
-        let mut out = std::mem::take(&mut self.arena);
-        out.extend_from_slice(&record[..sd.start]);
-        self.push_elements(&mut out, n, &h);
-        if record.get(sd.clone()) != Some(b"-") {
-            out.extend_from_slice(&record[sd.clone()]);
-        }
-        out.extend_from_slice(&record[sd.end..]);
-        let stamped = out.split().freeze();
-        self.arena = out;
-        stamped
+        let uptime =
+            std::mem::take(&mut self.state.first).then(|| self.started.elapsed().as_millis() / 10);
+        let extra = META_MAX + TRAIL_MAX + self.trail_name.len() + self.state.chain.len();
+        let (trail, chain) = (&self.trail_name, &self.state.chain);
+        self.arena.insert(record, sd, extra, |out| {
+            push_meta(out, n, uptime);
+            out.extend_from_slice(b"[");
+            out.extend_from_slice(trail.as_bytes());
+            out.extend_from_slice(b" chain=\"");
+            out.extend_from_slice(chain.as_bytes());
+            out.extend_from_slice(b"\" h=\"");
+            out.extend_from_slice(&hex32(&h));
+            out.extend_from_slice(b"\"]");
+        })
     }
 
     /// A record of the relay's own, chained like an event.
@@ -594,7 +574,7 @@ mod tests {
             crate::stamp::MAX_SEQUENCE_ID,
             u64::MAX,
         ] {
-            let mut digits = BytesMut::new();
+            let mut digits = bytes::BytesMut::new();
             crate::syslog::frame::write_decimal(&mut digits, n);
             assert_eq!(&digits[..], n.to_string().as_bytes());
         }

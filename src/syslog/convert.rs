@@ -100,20 +100,6 @@ fn structured_data_len(sd: &[u8]) -> Option<usize> {
     (i > 0).then_some(i)
 }
 
-/// The record with the SD-ELEMENT `element` (`[id param="value"...]`) added first to its
-/// STRUCTURED-DATA (replacing a `-`). `None` when `record` is not RFC 5424.
-pub fn add_sd_element(record: &[u8], element: &[u8]) -> Option<Vec<u8>> {
-    let sd = fields(record)?.sd;
-    let mut out = Vec::with_capacity(record.len() + element.len());
-    out.extend_from_slice(&record[..sd.start]);
-    out.extend_from_slice(element);
-    if record.get(sd.clone()) != Some(b"-") {
-        out.extend_from_slice(&record[sd.start..sd.end]);
-    }
-    out.extend_from_slice(&record[sd.end..]);
-    Some(out)
-}
-
 /// `<PRI>Mmm dd hh:mm:ss HOSTNAME TAG: MSG` from an RFC 5424 record (RFC 3164 §4.1). The
 /// timestamp keeps the record's UTC time without year and fraction, as RFC 3164 has no room
 /// for them; TAG is the APP-NAME cut to 32 characters. `None` if `record` is not RFC 5424.
@@ -198,26 +184,6 @@ mod tests {
         assert_eq!(&r[fields(r).unwrap().msg_start..], b"M");
         assert_eq!(fields(b"<1>1 - h a - m [x@1 k=\"\\"), None);
         assert_eq!(fields(b"<1>1 - h a - m [x@1 k=\"v\""), None);
-    }
-
-    #[test]
-    fn sd_elements_are_added_first() {
-        assert_eq!(
-            add_sd_element(b"<1>1 - h a - m - {}", b"[meta sequenceId=\"7\"]").unwrap(),
-            b"<1>1 - h a - m [meta sequenceId=\"7\"] {}"
-        );
-        assert_eq!(
-            add_sd_element(
-                b"<1>1 - h a - m [x@1 k=\"v\"] {}",
-                b"[meta sequenceId=\"7\"]"
-            )
-            .unwrap(),
-            b"<1>1 - h a - m [meta sequenceId=\"7\"][x@1 k=\"v\"] {}"
-        );
-        assert_eq!(
-            add_sd_element(b"<1>1 - h a - m -", b"[meta sequenceId=\"1\"]").unwrap(),
-            b"<1>1 - h a - m [meta sequenceId=\"1\"]"
-        );
     }
 
     #[test]
