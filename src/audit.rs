@@ -61,40 +61,44 @@ impl<'a> EventList<'a> {
         }
     }
 
-    /// Splits a request body into its items and reads each one's fields: in one scan of
-    /// the JSON when it can (`split`), else, and for every error, with [`EventList::parse`]
-    /// and [`EventView::parse`], which give the same items and the reference errors.
+    /// Splits a request body into its items and reads each one's fields: with the relay's
+    /// own scanner when it can (`scan`), else in one serde scan (`split`), else, and for
+    /// every error, with [`EventList::parse`] and [`EventView::parse`], which give the same
+    /// items and the reference errors.
     ///
     /// # Errors
     /// [`AuditError`] when the body is not an EventList or any item is unusable.
     pub fn items(body: &'a [u8]) -> Result<Vec<Item<'a>>, AuditError> {
-        if let Some(items) = Self::items_scanned(body) {
-            return Ok(items);
-        }
-        match Self::items_one_scan(body) {
+        // UTF-8 checked once for both fast paths; the reference reports a body that is not.
+        let fast = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| Self::scanned(text).or_else(|| Self::one_scan(text)));
+        match fast {
             Some(items) => Ok(items),
             None => Self::items_two_scans(body),
         }
     }
 
-    /// The first path of [`EventList::items`]: the relay's own scanner (`scan`), for plain
-    /// JSON; `None` when it cannot vouch for the result (escapes where it reads a field,
-    /// unexpected types, any error), and the serde paths decide.
+    /// The first path of [`EventList::items`] alone: the relay's own scanner; `None` when it
+    /// cannot vouch for the result (escapes where it reads a field, unexpected types, any
+    /// error), and the serde paths decide.
     pub fn items_scanned(body: &'a [u8]) -> Option<Vec<Item<'a>>> {
-        std::str::from_utf8(body)
-            .ok()
-            .and_then(scan::items)
-            // The scanner has refused every `\u` escape that is not a character.
-            .filter(|items| items.iter().all(|i| i.view.check_fields().is_ok()))
+        std::str::from_utf8(body).ok().and_then(Self::scanned)
     }
 
-    /// The one-scan path of [`EventList::items`] alone: `None` when it cannot vouch for the
-    /// result (any error, an escaped first key, an item that fails the checks).
+    /// The one-scan serde path of [`EventList::items`] alone: `None` when it cannot vouch for
+    /// the result (any error, an escaped first key, an item that fails the checks).
     pub fn items_one_scan(body: &'a [u8]) -> Option<Vec<Item<'a>>> {
-        std::str::from_utf8(body)
-            .ok()
-            .and_then(split::items)
-            .filter(|items| items.iter().all(Item::passes_checks))
+        std::str::from_utf8(body).ok().and_then(Self::one_scan)
+    }
+
+    fn scanned(text: &'a str) -> Option<Vec<Item<'a>>> {
+        // The scanner has refused every `\u` escape that is not a character.
+        scan::items(text).filter(|items| items.iter().all(|i| i.view.check_fields().is_ok()))
+    }
+
+    fn one_scan(text: &'a str) -> Option<Vec<Item<'a>>> {
+        split::items(text).filter(|items| items.iter().all(Item::passes_checks))
     }
 
     /// [`EventList::items`] the reference way: the list split first, then each item read.
@@ -418,8 +422,9 @@ pub fn write_compact(out: &mut Vec<u8>, json: &str) {
 /// step (SWAR: `(v - 0x01..) & !v & 0x80..` marks the zero bytes of `v`, and after an XOR
 /// with a repeated target the bytes equal to it; `(x - 0x20..) & !x & 0x80..` marks bytes
 /// below 0x20. Borrows can add false marks, but only above a true one, and only the lowest
-/// mark is read). The split's scanner and compaction both step through strings with it. Per-byte tests over 16-byte chunks, which LLVM turns into SSE2 compares,
-/// measured 35% more instructions than this (it builds the mask byte by byte).
+/// mark is read). The split's scanner and compaction both step through strings with it.
+/// Per-byte tests over 16-byte chunks, which LLVM turns into SSE2 compares, measured 35% more
+/// instructions than this (it builds the mask byte by byte).
 pub(crate) fn quote_backslash_or_control(b: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;

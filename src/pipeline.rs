@@ -1,7 +1,8 @@
 //! The ingest step between HTTP and the queue, pure and synchronous: an `EventList` body is
-//! split into its items, repeats of an event (its `auditID`, `stage` and bytes) are dropped, filter and redaction
-//! rules applied, and each remaining event rendered as an RFC 5424 record. No HTTP, no I/O,
-//! no clock: the webhook, the benchmark and the fuzz targets all call [`Pipeline::run`].
+//! split into its items, repeats of an event (its `auditID`, `stage` and bytes) are dropped,
+//! filter and redaction rules applied, and each remaining event rendered as an RFC 5424
+//! record. No HTTP, no I/O, no clock: the webhook, the benchmark and the fuzz targets all call
+//! [`Pipeline::run`].
 //!
 //! A batch is refused whole (400) when any item is invalid, so a refusal never leaves half a
 //! batch stored. Dedupe keys are recorded only by [`Pipeline::stored`], once the records are
@@ -96,18 +97,12 @@ impl Pipeline {
         // one per record (and per clone). `scratch` is where each is rendered first.
         let mut records = BytesMut::with_capacity(body.len() + items.len() * 160);
         let mut scratch = Vec::with_capacity(4096);
-        for (
-            (
-                Item {
-                    json: item,
-                    compact,
-                    view,
-                },
-                key,
-            ),
-            seen,
-        ) in items.iter().zip(keys).zip(seen)
-        {
+        for ((parsed, key), seen) in items.iter().zip(keys).zip(seen) {
+            let Item {
+                json: item,
+                compact,
+                view,
+            } = parsed;
             if seen || !in_batch.insert(key) {
                 batch.summary.duplicates += 1;
                 continue;

@@ -94,8 +94,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupeConfig {
-    /// Remembered events (keyed by `auditID`, `stage` and bytes): at least the last `max_entries` (up to twice as
-    /// many); 0 turns deduplication off. Default 100 000.
+    /// Remembered events (keyed by `auditID`, `stage` and bytes): at least the last
+    /// `max_entries` (up to twice as many); 0 turns deduplication off. Default 100 000.
     pub max_entries: usize,
 }
 
