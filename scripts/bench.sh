@@ -29,7 +29,7 @@
 # Environment: DURATION (default 20s), HTTP2=1 for h2 (STREAMS: requests in flight per h2
 # connection, default 1), BENCH_DIR (default target/bench),
 # ROUNDS (integrity), RECORDS (verify), RELAY_BIN (another build of the relay, to compare),
-# CONFIRM_AFTER (the destination's confirm_after, e.g. 50ms).
+# CONFIRM_AFTER (the destination's confirm_after, e.g. 50ms), QUEUE_MAX_BYTES (queue.max_bytes, e.g. 8MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -90,6 +90,9 @@ url = "$scheme://$sink_addr"
 ca = "$root/certs/ca.crt"
 server_name = "localhost"
 EOF
+  if [ -n "${QUEUE_MAX_BYTES:-}" ]; then
+    sed -i "s|^data_dir = \"$work/queue\"$|&\nmax_bytes = \"$QUEUE_MAX_BYTES\"|" "$work/relay.toml"
+  fi
   if [ -n "${CONFIRM_AFTER:-}" ]; then
     sed -i "s/^server_name = \"localhost\"$/&\nconfirm_after = \"$CONFIRM_AFTER\"/" "$work/relay.toml"
   fi

@@ -206,6 +206,102 @@ url = "tcp://127.0.0.1:{closed_port}"
     );
 }
 
+/// `n` distinct events (corpus events under new auditIDs), each shorter than 2 KB.
+fn numbered_events(prefix: &str, n: usize) -> Vec<support::CorpusEvent> {
+    let base = support::small_events(2_000, 50);
+    (0..n)
+        .map(|i| {
+            let e = &base[i % base.len()];
+            let id = format!("{prefix}-{i:05}");
+            let item = e.item.replacen(
+                &format!("\"auditID\":\"{}\"", e.audit_id),
+                &format!("\"auditID\":\"{id}\""),
+                1,
+            );
+            assert_ne!(item, e.item);
+            support::CorpusEvent {
+                value: serde_json::from_str(&item).unwrap(),
+                item,
+                audit_id: id,
+                stage: e.stage.clone(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pressed_memory_queue_confirms_early_only_on_a_proven_connection() {
+    // A memory queue of 64 KiB; written records wait `confirm_after` (3 s) to count as
+    // delivered, and each batch is about 10 KB.
+    let sink = Sink::start(Framing::Octet, None).await;
+    let relay = Relay::start(&format!(
+        r#"cluster_name = "c1"
+[listen]
+address = "127.0.0.1:0"
+retry_after_seconds = 2
+[syslog]
+max_message_bytes = 16384
+[queue]
+kind = "memory"
+max_bytes = "64KiB"
+[[destination]]
+name = "sink"
+url = "tcp://127.0.0.1:{}"
+confirm_after = "3s"
+"#,
+        sink.addr.port()
+    ))
+    .await;
+    let plain = ClientOptions::default();
+    let young = numbered_events("young", 200);
+    // A connection younger than confirm_after confirms nothing early (a TLS 1.3 receiver may
+    // still reject it): what it was sent stays held, the queue fills, the webhook says so.
+    let mut accepted = Vec::new();
+    let mut refused = false;
+    for chunk in young.chunks(10) {
+        let r = post_batch(relay.addr, &plain, eventlist(chunk))
+            .await
+            .unwrap();
+        match r.status {
+            200 => accepted.extend_from_slice(chunk),
+            503 => {
+                assert!(r.body.contains("queue full"), "{}", r.body);
+                refused = true;
+                break;
+            }
+            other => panic!("status {other}: {}", r.body),
+        }
+    }
+    assert!(refused, "the held records filled the queue");
+    assert!(accepted.len() >= 40, "{} accepted first", accepted.len());
+    // Written all the same: the sink has them while the relay still holds them.
+    let got = sink.wait_for(accepted.len(), Duration::from_secs(10)).await;
+    assert_eq!(got.len(), accepted.len());
+    // Once the connection has stayed healthy for confirm_after, all of it counts at once.
+    relay
+        .wait_metric(
+            "kar_destination_backlog_records{destination=\"sink\"}",
+            0.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    // On the proven connection a pressed queue no longer holds records for 3 s: four times
+    // the budget in quick succession is all taken.
+    let proven = numbered_events("proven", 300);
+    for chunk in proven.chunks(10) {
+        let r = post_batch(relay.addr, &plain, eventlist(chunk))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let all: Vec<_> = accepted.iter().chain(&proven).cloned().collect();
+    let got = sink.wait_for(all.len(), Duration::from_secs(10)).await;
+    assert_eq!(got.len(), all.len());
+    for (raw, event) in got.iter().zip(&all) {
+        check_message(raw, event, "c1");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_are_dropped_across_and_within_requests() {
     let sink = Sink::start(Framing::Lf, None).await;

@@ -363,8 +363,9 @@ pub struct DestinationConfig {
     #[serde(default = "default_backoff_max", with = "duration")]
     pub backoff_max: Duration,
     /// How long a written record must stay on a healthy connection before it counts as
-    /// delivered (a TLS 1.3 receiver reports a rejected certificate only after the fact).
-    /// Default 500ms.
+    /// delivered (a TLS 1.3 receiver reports a rejected certificate only after the fact). With
+    /// a memory queue past half its budget, only the connection's own first `confirm_after`
+    /// is waited out. Default 500ms.
     #[serde(default = "default_confirm_after", with = "duration")]
     pub confirm_after: Duration,
     /// Bytes written per batch at most. Default 256 KiB.

@@ -390,6 +390,20 @@ mod tests {
     }
 
     #[test]
+    fn queue_budget_defaults_by_kind_and_keeps_what_is_set() {
+        assert_eq!(parse("").unwrap().queue.max_bytes.0, 1 << 30);
+        let memory = parse("[queue]\nkind = \"memory\"\n").unwrap();
+        assert_eq!(memory.queue.max_bytes.0, 8 << 20);
+        let set = parse("[queue]\nkind = \"memory\"\nmax_bytes = \"200MiB\"\n").unwrap();
+        assert_eq!(set.queue.max_bytes.0, 200 << 20);
+        // The effective configuration names the resolved budget, and parses back to it.
+        let again = parse(&memory.to_toml().unwrap()).unwrap();
+        assert_eq!(again.queue.max_bytes.0, 8 << 20);
+        let err = parse("[queue]\nkind = \"memory\"\nmax_byte = 1\n").unwrap_err();
+        assert!(err.to_string().contains("queue.max_byte"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_file_and_key() {
         let err = parse("[listen]\naddress = \"127.0.0.1:1\"\nmax_bodybytes = 3\n").unwrap_err();
         let msg = err.to_string();

@@ -9,6 +9,12 @@ use tokio::sync::Notify;
 
 use super::{Limits, Position, Prework, QueueError, QueueStats, Stamper};
 
+/// The queue is pressed above `max_bytes / PRESSED_SHARE`. Peak memory is the whole budget
+/// either way (a connection younger than `confirm_after` confirms nothing early); the share
+/// sets how much stays held for confirmation at a steady high rate, and half keeps that
+/// protection for rates up to half the budget per `confirm_after`.
+pub(super) const PRESSED_SHARE: u64 = 2;
+
 #[derive(Debug)]
 struct State {
     records: VecDeque<Bytes>,
@@ -144,7 +150,10 @@ impl MemoryQueue {
                 "queue full: dropped the oldest undelivered events (queue.when_full = \"drop_oldest\")"
             );
         }
-        if state.bytes + incoming > self.shared.max_bytes {
+        // A batch larger than the whole budget is taken into an empty queue: refused, it
+        // would be refused forever, and the apiserver would drop it after its retries. Memory
+        // stays bounded by the budget or one body, which `listen.max_body_bytes` bounds.
+        if state.bytes + incoming > self.shared.max_bytes && state.bytes > 0 {
             return Err(QueueError::Full {
                 stored: state.bytes,
                 max: self.shared.max_bytes,
@@ -274,5 +283,11 @@ impl MemoryReader {
 
     pub(super) fn backlog(&self) -> u64 {
         self.shared.lock().end_seq().saturating_sub(self.committed)
+    }
+
+    /// Whether the queue holds more than [`PRESSED_SHARE`] of its budget: then records
+    /// written on a proven connection stop waiting out `confirm_after` in memory.
+    pub(super) fn pressed(&self) -> bool {
+        self.shared.lock().bytes > self.shared.max_bytes / PRESSED_SHARE
     }
 }

@@ -343,6 +343,16 @@ impl Reader {
         }
     }
 
+    /// Whether holding written records until they are confirmed costs more memory than the
+    /// queue's budget allows: true for a memory queue past a quarter of `queue.max_bytes`
+    /// (a disk queue holds them on disk, never in memory).
+    pub fn pressed(&self) -> bool {
+        match &self.inner {
+            ReaderInner::Memory(r) => r.pressed(),
+            ReaderInner::Disk(_) => false,
+        }
+    }
+
     /// Records stored but not yet committed by this destination.
     pub fn backlog(&self) -> u64 {
         match &self.inner {
@@ -431,5 +441,43 @@ pub(crate) mod tests {
             );
             assert!(q.stats().bytes <= 32 << 10);
         }
+    }
+
+    #[tokio::test]
+    async fn a_memory_queue_is_pressed_past_half_its_budget_and_takes_one_oversize_batch_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 4096, 4096);
+        cfg.kind = QueueKind::Memory;
+        let q = Queue::open(&cfg, &["a".to_owned()]).await.unwrap();
+        let mut reader = q.reader(0);
+        // 15 records of 107 bytes: 1605 bytes, below half of 4096.
+        q.append(records("p", 15)).await.unwrap();
+        assert!(!reader.pressed());
+        q.append(records("q", 5)).await.unwrap();
+        assert!(reader.pressed(), "2140 of 4096 bytes");
+        let (got, end) = drain(&mut reader).await;
+        assert_eq!(got.len(), 20);
+        // Read but not committed: still held, still pressed.
+        assert!(reader.pressed());
+        reader.commit(end.unwrap());
+        assert!(!reader.pressed());
+        assert_eq!(q.stats().bytes, 0);
+
+        // 50 records (5350 bytes) exceed the whole budget: taken into the empty queue, and
+        // nothing more is until they are delivered.
+        q.append(records("big", 50)).await.unwrap();
+        let refused = q.append(records("next", 1)).await.unwrap_err();
+        assert!(matches!(refused, QueueError::Full { .. }), "{refused}");
+        let (got, end) = drain(&mut reader).await;
+        assert_eq!(got, names("big", 0..50));
+        reader.commit(end.unwrap());
+        q.append(records("next", 1)).await.unwrap();
+
+        // A disk queue keeps unconfirmed records on disk: never pressed.
+        let mut disk = config(dir.path(), 4096, 4096);
+        disk.data_dir = dir.path().join("disk");
+        let d = Queue::open(&disk, &["a".to_owned()]).await.unwrap();
+        d.append(records("d", 30)).await.unwrap();
+        assert!(!d.reader(0).pressed());
     }
 }

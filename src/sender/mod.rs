@@ -149,6 +149,10 @@ pub(crate) trait Session {
     fn room(&self) -> usize {
         usize::MAX
     }
+    /// Tells the session whether the queue is short of memory for records awaiting
+    /// confirmation ([`crate::queue::Reader::pressed`]); transports whose receiver answers
+    /// ignore it.
+    fn press(&mut self, _pressed: bool) {}
     /// Orderly end once everything is sent (drain): the position to commit last, if any.
     async fn close(self) -> Result<Option<Position>, End>;
     /// Ends at once (stop after the drain deadline); nothing more is confirmed.
@@ -454,6 +458,7 @@ impl Destination {
                 return Ok(());
             }
             let room = session.room();
+            session.press(self.reader.pressed());
             tokio::select! {
                 biased;
                 _ = signals.stop.cancelled() => {

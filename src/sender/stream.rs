@@ -5,6 +5,11 @@
 //! or TLS alert. The read half is watched meanwhile: a TLS 1.3 receiver that rejects the
 //! client certificate, or one that resets the connection, is noticed there, and everything
 //! not yet confirmed is sent again on the next connection.
+//!
+//! Holding costs memory only with a memory queue, whose records wait in it until confirmed:
+//! when that queue is pressed for room ([`crate::queue::Reader::pressed`]), a connection that
+//! has itself stayed healthy for `confirm_after` confirms what it wrote at once, so that the
+//! memory held stays bounded by the budget rather than growing with rate x `confirm_after`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -51,6 +56,11 @@ pub struct StreamSession<R, W> {
     watch_peer: bool,
     settings: StreamSettings,
     pending: VecDeque<(Position, Instant)>,
+    /// When the connection was handed over: a late TLS rejection comes within
+    /// `confirm_after` of it, so nothing is confirmed early before then.
+    opened: Instant,
+    /// The queue is short of memory for held records (see the module comment).
+    pressed: bool,
     buf: Vec<u8>,
     scratch: [u8; 512],
 }
@@ -85,6 +95,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> StreamSession<R, W> {
             buf: Vec::with_capacity(settings.batch_bytes + 1024),
             settings,
             pending: VecDeque::new(),
+            opened: Instant::now(),
+            pressed: false,
             scratch: [0; 512],
         }
     }
@@ -117,17 +129,33 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session for StreamSession<R, W
     }
 
     async fn confirmed(&mut self) -> Result<Position, End> {
-        let confirm_at = self
-            .pending
-            .front()
-            .map(|&(_, written)| written + self.settings.confirm_after);
+        let (confirm_at, all) = match self.pending.front() {
+            None => (None, false),
+            // Pressed: everything written so far goes once the connection itself is proven
+            // (never later than it would unpressed: nothing is written before `opened`).
+            Some(_) if self.pressed => (Some(self.opened + self.settings.confirm_after), true),
+            Some(&(_, written)) => (Some(written + self.settings.confirm_after), false),
+        };
         tokio::select! {
             end = peer_closed(&mut self.rd, &mut self.scratch), if self.watch_peer => Err(end),
-            () = sleep_until(confirm_at) => match self.pending.pop_front() {
-                Some((position, _)) => Ok(position),
-                None => std::future::pending().await,
+            () = sleep_until(confirm_at) => {
+                let next = if all {
+                    let last = self.pending.back().map(|&(position, _)| position);
+                    self.pending.clear();
+                    last
+                } else {
+                    self.pending.pop_front().map(|(position, _)| position)
+                };
+                match next {
+                    Some(position) => Ok(position),
+                    None => std::future::pending().await,
+                }
             },
         }
+    }
+
+    fn press(&mut self, pressed: bool) {
+        self.pressed = pressed;
     }
 
     /// Orderly end after a drain: close_notify / FIN, wait briefly for the receiver's close
