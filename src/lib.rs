@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod dedupe;
 pub mod filter;
+pub mod heap;
 pub mod integrity;
 pub mod listener;
 pub mod metrics;

@@ -14,6 +14,10 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run { config } => {
+            if let Some(e) = kube_audit_relay::heap::bound_retention() {
+                tracing::warn!(error = %e, variable = kube_audit_relay::heap::VARIABLE,
+                    "could not restart with a fixed malloc threshold; freed large buffers may stay in RSS");
+            }
             let config = match &config {
                 Some(path) => Config::load(path)?,
                 None => Config::builtin_default(),

@@ -9,7 +9,10 @@ mod support;
 use std::time::Duration;
 
 use kube_audit_relay::config::Framing;
-use support::{ClientOptions, Relay, Sink, all_corpus_events, cert, client, eventlist, post_batch};
+use support::{
+    ClientOptions, Relay, RelayProcess, Sink, all_corpus_events, cert, check_message, client,
+    eventlist, post_batch,
+};
 
 fn small_events(n: usize) -> Vec<support::CorpusEvent> {
     support::small_events(3000, n)
@@ -564,4 +567,61 @@ backoff_max = "100ms"
         .wait_metric(key, events.len() as f64, Duration::from_secs(5))
         .await;
     assert_eq!(m[key], events.len() as f64);
+}
+
+/// The variables of a running process, as the kernel shows them.
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fixes_the_malloc_threshold_unless_the_operator_set_one() {
+    let sink = Sink::start(Framing::Octet, None).await;
+    let config = format!(
+        "cluster_name = \"c1\"\n[listen]\naddress = \"127.0.0.1:0\"\n[queue]\nkind = \"memory\"\n[[destination]]\nname = \"s\"\nurl = \"tcp://127.0.0.1:{}\"\nconfirm_after = \"20ms\"\n",
+        sink.addr.port()
+    );
+    // Unset: the relay replaced itself (same pid, same arguments) with the threshold fixed,
+    // and that process serves.
+    let relay = RelayProcess::start_with_env(tempfile::tempdir().unwrap(), &config, &[]).await;
+    let vars = environ(relay.pid());
+    assert!(
+        vars.iter()
+            .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304"),
+        "{vars:?}"
+    );
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", relay.pid())).unwrap();
+    let args: Vec<&str> = cmdline.split('\0').collect();
+    assert!(args[0].ends_with("kube-audit-relay"), "{args:?}");
+    assert_eq!(args[1..3], ["run", "--config"], "{args:?}");
+    assert_eq!(args[3], relay.config_path.to_str().unwrap());
+    let events = small_events(10);
+    let r = post_batch(relay.addr, &ClientOptions::default(), eventlist(&events))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = sink.wait_for(events.len(), Duration::from_secs(10)).await;
+    assert_eq!(got.len(), events.len());
+    for (raw, event) in got.iter().zip(&events) {
+        check_message(raw, event, "c1");
+    }
+    drop(relay);
+
+    // Set, even empty: the operator's value is kept.
+    let relay = RelayProcess::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &config,
+        &[("GLIBC_TUNABLES", "")],
+    )
+    .await;
+    let vars = environ(relay.pid());
+    let tunables: Vec<_> = vars
+        .iter()
+        .filter(|v| v.starts_with("GLIBC_TUNABLES="))
+        .collect();
+    assert_eq!(tunables, ["GLIBC_TUNABLES="], "{vars:?}");
 }

@@ -360,6 +360,15 @@ impl RelayProcess {
 
     /// Starts the binary in an existing directory (to restart on the same queue).
     pub async fn start_in(dir: tempfile::TempDir, config: &str) -> RelayProcess {
+        Self::start_with_env(dir, config, &[]).await
+    }
+
+    /// Like [`RelayProcess::start_in`], with these environment variables set.
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, with_admin(config)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kube-audit-relay"))
@@ -367,6 +376,9 @@ impl RelayProcess {
             .arg(&config_path)
             .current_dir(dir.path())
             .env("RUST_LOG", "info,kube_audit_relay=debug")
+            // The test decides what the relay sees of glibc's tunables.
+            .env_remove("GLIBC_TUNABLES")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
