@@ -25,6 +25,7 @@
 #             queue: peak RSS against the bytes in flight
 #   h2streams HTTP/2 with 4 streams in flight on 1 and on 4 connections, next to HTTP/1.1 with
 #             as many requests in flight (4 and 16 connections); memory and disk queue
+#   h2ceiling the same four rows for the bare forwarder (what HTTP/2 costs without the relay)
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
 # Environment: DURATION (default 20s), HTTP2=1 for h2 (STREAMS: requests in flight per h2
 # connection, default 1), BENCH_DIR (default target/bench),
@@ -249,6 +250,12 @@ for scenario in "$@"; do
         run "h1-16-$q" 16 "$q" 0 0 metadata "$duration"
         HTTP2=1 STREAMS=4 run "h2-4x4-$q" 4 "$q" 0 0 metadata "$duration"
       done ;;
+    h2ceiling)
+      # The same as h2streams for the bare forwarder: what HTTP/2 costs without the relay.
+      TARGET=ceiling run h1-4-ceiling 4 none 0 0 metadata "$duration"
+      TARGET=ceiling HTTP2=1 STREAMS=4 run h2-1x4-ceiling 1 none 0 0 metadata "$duration"
+      TARGET=ceiling run h1-16-ceiling 16 none 0 0 metadata "$duration"
+      TARGET=ceiling HTTP2=1 STREAMS=4 run h2-4x4-ceiling 4 none 0 0 metadata "$duration" ;;
     ceiling)
       for c in 4 16; do
         TARGET=ceiling run "ceiling-$c" "$c" none 0 0 metadata "$duration"
