@@ -77,7 +77,10 @@ EOF
     [ -f "$work/keys/signing.key" ] || "$relay_bin" gen-signing-key "$work/keys" > /dev/null
     printf '[integrity]\nsigning_key = "%s"\n' "$work/keys/signing.key" >> "$work/relay.toml"
   fi
-  RUST_LOG=warn "$@" "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
+  # `run` re-executes itself with this value when GLIBC_TUNABLES is unset (src/heap.rs); under
+  # valgrind that exec would leave the tool, so the relay gets it from the start.
+  GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=4194304} RUST_LOG=warn \
+    "$@" "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
   relay_pid=$!; pids+=("$relay_pid")
   for _ in $(seq 600); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0; sleep 0.1
