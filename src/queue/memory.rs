@@ -285,7 +285,7 @@ impl MemoryReader {
         self.shared.lock().end_seq().saturating_sub(self.committed)
     }
 
-    /// Whether the queue holds more than [`PRESSED_SHARE`] of its budget: then records
+    /// Whether the queue holds more than `1 / PRESSED_SHARE` of its budget: then records
     /// written on a proven connection stop waiting out `confirm_after` in memory.
     pub(super) fn pressed(&self) -> bool {
         self.shared.lock().bytes > self.shared.max_bytes / PRESSED_SHARE

@@ -344,7 +344,7 @@ impl Reader {
     }
 
     /// Whether holding written records until they are confirmed costs more memory than the
-    /// queue's budget allows: true for a memory queue past a quarter of `queue.max_bytes`
+    /// queue's budget allows: true for a memory queue past half of `queue.max_bytes`
     /// (a disk queue holds them on disk, never in memory).
     pub fn pressed(&self) -> bool {
         match &self.inner {
