@@ -64,6 +64,7 @@ pub struct Metrics {
     events_dropped: Family<Labels, Counter>,
     events_sent: Family<Labels, Counter>,
     events_routed_away: Family<Labels, Counter>,
+    events_confirmed_early: Family<Labels, Counter>,
     destination_up: Family<Labels, Gauge>,
     destination_backlog: Family<Labels, Gauge>,
     destination_oldest_seconds: Family<Labels, FloatGauge>,
@@ -88,6 +89,7 @@ pub struct DestinationMetrics {
     truncated: Counter,
     too_large: Counter,
     routed_away: Counter,
+    confirmed_early: Counter,
 }
 
 impl DestinationMetrics {
@@ -104,6 +106,12 @@ impl DestinationMetrics {
     /// Counts `n` events this destination's rules routed away (skipped, not sent).
     pub fn routed_away(&self, n: u64) {
         self.routed_away.inc_by(n);
+    }
+
+    /// Counts `n` events confirmed before they had stayed `confirm_after` on the connection,
+    /// because a memory queue was past half of its budget.
+    pub fn confirmed_early(&self, n: u64) {
+        self.confirmed_early.inc_by(n);
     }
 
     /// Counts `n` events confirmed delivered.
@@ -151,6 +159,7 @@ impl Metrics {
             events_dropped: Family::default(),
             events_sent: Family::default(),
             events_routed_away: Family::default(),
+            events_confirmed_early: Family::default(),
             destination_up: Family::default(),
             destination_backlog: Family::default(),
             destination_oldest_seconds: Family::default(),
@@ -219,6 +228,11 @@ impl Metrics {
             "events_routed_away",
             "Events a destination's [[destination.filter]] rules skipped, per destination",
             m.events_routed_away.clone(),
+        );
+        r.register(
+            "events_confirmed_early",
+            "Events confirmed before they had stayed confirm_after on a connection, as the memory queue was past half its budget, per destination",
+            m.events_confirmed_early.clone(),
         );
         r.register(
             "destination_up",
@@ -363,6 +377,7 @@ impl Metrics {
                 ])
                 .clone(),
             routed_away: self.events_routed_away.get_or_create(&labels).clone(),
+            confirmed_early: self.events_confirmed_early.get_or_create(&labels).clone(),
         }
     }
 

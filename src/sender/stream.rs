@@ -55,7 +55,8 @@ pub struct StreamSession<R, W> {
     /// Whether the read half tells anything (false for stdout).
     watch_peer: bool,
     settings: StreamSettings,
-    pending: VecDeque<(Position, Instant)>,
+    /// Each written batch: its end, when it was written, how many records it framed.
+    pending: VecDeque<(Position, Instant, u64)>,
     /// When the connection was handed over: a late TLS rejection comes within
     /// `confirm_after` of it, so nothing is confirmed early before then.
     opened: Instant,
@@ -102,16 +103,35 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> StreamSession<R, W> {
     }
 }
 
+impl<R, W> StreamSession<R, W> {
+    /// Counts the pending records that have not yet stayed `confirm_after` (about to be
+    /// confirmed all at once): an operator sees how often the window was given up.
+    fn count_early(&self) {
+        let now = Instant::now();
+        let early: u64 = self
+            .pending
+            .iter()
+            .filter(|&&(_, written, _)| written + self.settings.confirm_after > now)
+            .map(|&(_, _, framed)| framed)
+            .sum();
+        if early > 0 {
+            self.settings.encoding.gauges.confirmed_early(early);
+        }
+    }
+}
+
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session for StreamSession<R, W> {
     async fn send(&mut self, records: &[Bytes], end: Position) -> Result<(), End> {
         self.buf.clear();
         let count = self.settings.encoding.first_time(end);
+        let mut framed = 0;
         for record in records {
             if let Some(message) = self.settings.encoding.prepare(record, count) {
                 self.settings
                     .encoding
                     .encoder
                     .frame(&message, &mut self.buf);
+                framed += 1;
             }
         }
         let write = async {
@@ -120,7 +140,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session for StreamSession<R, W
         };
         match tokio::time::timeout(self.settings.write_timeout, write).await {
             Ok(Ok(())) => {
-                self.pending.push_back((end, Instant::now()));
+                self.pending.push_back((end, Instant::now(), framed));
                 Ok(())
             }
             Ok(Err(e)) => Err(End::Io(e)),
@@ -134,17 +154,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session for StreamSession<R, W
             // Pressed: everything written so far goes once the connection itself is proven
             // (never later than it would unpressed: nothing is written before `opened`).
             Some(_) if self.pressed => (Some(self.opened + self.settings.confirm_after), true),
-            Some(&(_, written)) => (Some(written + self.settings.confirm_after), false),
+            Some(&(_, written, _)) => (Some(written + self.settings.confirm_after), false),
         };
         tokio::select! {
             end = peer_closed(&mut self.rd, &mut self.scratch), if self.watch_peer => Err(end),
             () = sleep_until(confirm_at) => {
                 let next = if all {
-                    let last = self.pending.back().map(|&(position, _)| position);
+                    self.count_early();
+                    let last = self.pending.back().map(|&(position, _, _)| position);
                     self.pending.clear();
                     last
                 } else {
-                    self.pending.pop_front().map(|(position, _)| position)
+                    self.pending.pop_front().map(|(position, _, _)| position)
                 };
                 match next {
                     Some(position) => Ok(position),
@@ -169,7 +190,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session for StreamSession<R, W
                 Ok(other) => return Err(other),
             }
         }
-        Ok(self.pending.back().map(|&(position, _)| position))
+        Ok(self.pending.back().map(|&(position, _, _)| position))
     }
 
     async fn abort(mut self) {
