@@ -421,3 +421,118 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     diff == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::listener::{ConnectionLimits, Service, serve};
+
+    impl Webhook {
+        /// Takes the whole rendering budget, as other requests' rendering would.
+        fn hold_rendering(&self) -> tokio::sync::SemaphorePermit<'_> {
+            self.rendering
+                .try_acquire_many(self.rendering_cap)
+                .expect("budget free")
+        }
+    }
+
+    const BATCH: &str = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"busy-1","stage":"ResponseComplete","requestURI":"/api","verb":"get","user":{"username":"u"},"stageTimestamp":"2026-12-02T10:00:00.000000Z"}]}"#;
+
+    /// One POST of [`BATCH`] on a new connection: status, `Retry-After` and body.
+    async fn post(addr: std::net::SocketAddr, http2: bool) -> (u16, Option<String>, String) {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let request = Request::post("http://relay/")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(BATCH.as_bytes())))
+            .unwrap();
+        let response = if http2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            send.send_request(request).await.unwrap()
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(request).await.unwrap()
+        };
+        let status = response.status().as_u16();
+        let retry = response
+            .headers()
+            .get(RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_finds_no_rendering_room_within_request_timeout_gets_503() {
+        let config = Config::parse(
+            "[listen]\nrequest_timeout = \"300ms\"\nretry_after_seconds = 3\n[queue]\nkind = \"memory\"\n",
+            Path::new("busy.toml"),
+        )
+        .unwrap();
+        let queue = Queue::open(&config.queue, &["sink".to_owned()])
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let webhook = Arc::new(Webhook::new(
+            &config.listen,
+            Pipeline::new(&config, "host"),
+            queue.clone(),
+            metrics.clone(),
+            None,
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, connections) = (CancellationToken::new(), TaskTracker::new());
+        let service = Service {
+            tls: None,
+            webhook: webhook.clone(),
+            metrics: metrics.clone(),
+            limits: ConnectionLimits::from(&config.listen),
+            allowed_client_names: config.listen.allowed_client_names.clone(),
+        };
+        let server = tokio::spawn(serve(listener, service, shutdown.clone(), connections));
+
+        let held = webhook.hold_rendering();
+        for http2 in [false, true] {
+            let (status, retry, body) = post(addr, http2).await;
+            assert_eq!(status, 503, "http2 {http2}: {body}");
+            assert_eq!(retry.as_deref(), Some("3"), "http2 {http2}");
+            assert!(body.contains("listen.max_rendering_bytes"), "{body}");
+        }
+        assert_eq!(
+            queue.stats().end_seq,
+            0,
+            "nothing of a refused batch is stored"
+        );
+        // Room again: the apiserver's resend is taken.
+        drop(held);
+        for http2 in [false, true] {
+            let (status, _, body) = post(addr, http2).await;
+            assert_eq!(status, 200, "http2 {http2}: {body}");
+        }
+        // The second one is a duplicate of the first: one record stored.
+        assert_eq!(queue.stats().end_seq, 1);
+        assert_eq!(
+            metrics
+                .encode()
+                .matches("kar_requests_total{code=\"503\"} 2")
+                .count(),
+            1,
+            "both refusals counted"
+        );
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+}
