@@ -40,7 +40,9 @@ pub struct Renderer {
     facility: u8,
     /// ` HOSTNAME APP-NAME - `, shared by every record.
     host_app: String,
-    enterprise_id: Option<u32>,
+    /// `[k8saudit@PEN auditID="` when `syslog.enterprise_id` is set: the SD element's
+    /// opening, formatted once instead of once per event.
+    sd_open: Option<String>,
     bom: bool,
     max_message_bytes: usize,
 }
@@ -55,7 +57,9 @@ impl Renderer {
                 sanitize(hostname, HOSTNAME_MAX),
                 sanitize(config.app_name.as_str(), APP_NAME_MAX)
             ),
-            enterprise_id: config.enterprise_id,
+            sd_open: config
+                .enterprise_id
+                .map(|pen| format!("[k8saudit@{pen} auditID=\"")),
             bom: config.bom,
             max_message_bytes: config.max_message_bytes.as_usize(),
         }
@@ -128,10 +132,10 @@ impl Renderer {
         out.extend_from_slice(self.host_app.as_bytes());
         write_sanitized(out, &view.stage, MSGID_MAX);
         out.push(b' ');
-        match self.enterprise_id {
+        match &self.sd_open {
             None => out.push(b'-'),
-            Some(pen) => {
-                out.extend_from_slice(format!("[k8saudit@{pen} auditID=\"").as_bytes());
+            Some(sd_open) => {
+                out.extend_from_slice(sd_open.as_bytes());
                 write_param_value(out, &view.audit_id);
                 if let Some(verb) = &view.verb {
                     out.extend_from_slice(b"\" verb=\"");
@@ -140,7 +144,11 @@ impl Renderer {
                 out.extend_from_slice(b"\" user=\"");
                 write_param_value(out, view.username());
                 if let Some(code) = view.code() {
-                    out.extend_from_slice(format!("\" code=\"{code}").as_bytes());
+                    out.extend_from_slice(b"\" code=\"");
+                    if code < 0 {
+                        out.push(b'-');
+                    }
+                    write_decimal(out, code.unsigned_abs());
                 }
                 out.extend_from_slice(b"\"]");
             }
@@ -194,23 +202,61 @@ fn write_sanitized(out: &mut Vec<u8>, s: &str, max: usize) {
     }
 }
 
-/// SD PARAM-VALUE: `"`, `\` and `]` escaped (RFC 5424 §6.3.3); control characters replaced
-/// by `_` so that a value can never carry a line break into LF framing.
+/// SD PARAM-VALUE: `"`, `\\` and `]` escaped (RFC 5424 §6.3.3); control characters replaced
+/// by `_` so that a value can never carry a line break into LF framing; cut to 256
+/// characters.
+///
+/// Runs of plain bytes are copied whole: copying character by character was a `memcpy` call
+/// per character, 1 600 instructions per event with `enterprise_id` set.
 fn write_param_value(out: &mut Vec<u8>, value: &str) {
-    for c in value.chars().take(256) {
-        match c {
-            '"' | '\\' | ']' => {
-                out.push(b'\\');
-                out.push(c as u8);
-            }
-            c if c.is_control() => out.push(b'_'),
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
+    const MAX_CHARS: usize = 256;
+    // Fewer bytes than the limit means fewer characters too: only a long value is counted.
+    let value = if value.len() > MAX_CHARS {
+        value
+            .char_indices()
+            .nth(MAX_CHARS)
+            .and_then(|(end, _)| value.get(..end))
+            .unwrap_or(value)
+    } else {
+        value
+    };
+    let bytes = value.as_bytes();
+    let mut run = 0;
+    while let Some(at) = bytes
+        .get(run..)
+        .and_then(|rest| rest.iter().position(|&b| PARAM_SPECIAL[usize::from(b)]))
+    {
+        let i = run + at;
+        let b = bytes.get(i).copied().unwrap_or_default();
+        out.extend_from_slice(bytes.get(run..i).unwrap_or_default());
+        // C1 controls (U+0080-U+009F) are 0xC2 0x80-0x9F; 0xC2 is only ever a lead byte.
+        let c1 = b == 0xC2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9F).contains(n));
+        run = i + 1 + usize::from(c1);
+        match b {
+            b'"' | b'\\' | b']' => out.extend_from_slice(&[b'\\', b]),
+            0xC2 if !c1 => out.push(b),
+            _ => out.push(b'_'),
         }
     }
+    out.extend_from_slice(bytes.get(run..).unwrap_or_default());
 }
+
+/// The bytes [`write_param_value`] looks at: the escaped ones, C0 controls and DEL, and the
+/// lead byte of the C1 controls.
+const PARAM_SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[b']' as usize] = true;
+    table[0x7F] = true;
+    table[0xC2] = true;
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -307,5 +353,44 @@ mod tests {
         );
         let json = format!(r#"{{"auditID":"a","stage":"S","verb":"{big}"}}"#);
         assert_eq!(render(&config, &json).unwrap_err().audit_id, "a");
+    }
+
+    /// The definition `write_param_value` must keep: character by character.
+    fn param_value_by_chars(value: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in value.chars().take(256) {
+            match c {
+                '"' | '\\' | ']' => out.extend_from_slice(&[b'\\', c as u8]),
+                c if c.is_control() => out.push(b'_'),
+                c => out.extend_from_slice(c.encode_utf8(&mut [0u8; 4]).as_bytes()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn param_values_are_escaped_and_cut_as_characters() {
+        let long_wide = "ü".repeat(300);
+        let cut_in_escapes = format!("{}\"]\\x", "a".repeat(254));
+        let cases = [
+            "",
+            "system:serviceaccount:kube-system:replicaset-controller",
+            "a\"b]c\\d",
+            "\"]\\",
+            "tab\there\nnew\rline\u{7f}del",
+            "c1 \u{80}\u{85}\u{9f} and \u{a0}\u{ff} kept",
+            "€ 😀 ü",
+            "\u{0}",
+            long_wide.as_str(),
+            cut_in_escapes.as_str(),
+        ];
+        for case in cases {
+            let mut out = b"x".to_vec();
+            write_param_value(&mut out, case);
+            assert_eq!(&out[1..], param_value_by_chars(case), "{case:?}");
+        }
+        let mut out = Vec::new();
+        write_param_value(&mut out, &long_wide);
+        assert_eq!(String::from_utf8(out).unwrap().chars().count(), 256);
     }
 }
