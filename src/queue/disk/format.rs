@@ -113,14 +113,24 @@ pub(super) fn decode(buf: &[u8]) -> Decoded {
     }
 }
 
-/// Reads `len` bytes of `file` at `offset`.
+/// Reads `len` bytes of `file` at `offset`. The file's position moves: each reader has a
+/// `File` of its own.
+///
+/// The buffer is not zeroed first: `read_to_end` reads into its spare capacity, where a
+/// zeroed `vec!` cost as much as the read (4% of the relay's instructions in callgrind with
+/// the disk queue).
 ///
 /// # Errors
 /// The read's error (a short file reads as `UnexpectedEof`).
 pub(super) fn read_at(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
-    file.read_exact_at(&mut buf, offset)?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut buf = Vec::with_capacity(usize::try_from(len).map_err(io::Error::other)?);
+    let mut file = file;
+    file.seek(SeekFrom::Start(offset))?;
+    file.take(len).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Bytes::from(buf))
 }
 
