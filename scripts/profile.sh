@@ -14,7 +14,8 @@
 # the two to see what the chain costs), CALLGRIND_OUT (keep callgrind's file there, for
 # callgrind_annotate), PERF_DATA (keep perf's file there, for perf report), FLAME_SVG (where
 # the flame graph goes instead of docs/flamegraph-s1.svg), DHAT_OUT (keep DHAT's file there),
-# LOAD_ARGS (more load generator options, e.g. "--event-bytes 200000").
+# LOAD_ARGS (more load generator options, e.g. "--event-bytes 200000"), TARGET=ceiling (profile
+# scripts/bench.sh's bare forwarder instead of the relay, to see where the relay's extra cost is).
 # Installs linux-perf, valgrind and strace from Debian and inferno with cargo when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,8 +80,14 @@ EOF
   fi
   # `run` re-executes itself with this value when GLIBC_TUNABLES is unset (src/heap.rs); under
   # valgrind that exec would leave the tool, so the relay gets it from the start.
-  GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=4194304} RUST_LOG=warn \
-    "$@" "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
+  if [ "${TARGET:-relay}" = ceiling ]; then
+    "$@" "$bench_bin" ceiling --listen "127.0.0.1:$port" --tls-cert certs/server.crt \
+      --tls-key certs/server.key --client-ca certs/ca.crt --to "$sink_addr" --ca certs/ca.crt \
+      > /dev/null 2> "$work/relay.err" &
+  else
+    GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=4194304} RUST_LOG=warn \
+      "$@" "$relay_bin" run --config "$work/relay.toml" > /dev/null 2> "$work/relay.err" &
+  fi
   relay_pid=$!; pids+=("$relay_pid")
   for _ in $(seq 600); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0; sleep 0.1
