@@ -91,6 +91,29 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The dedupe key alone (SipHash of auditID and stage, the keyed polynomial of the bytes).
+    let events: Vec<(String, String)> = {
+        let list: serde_json::Value = serde_json::from_slice(&bodies[0]).unwrap();
+        let items = list["items"].as_array().unwrap();
+        items
+            .iter()
+            .map(|e| {
+                (
+                    e["auditID"].as_str().unwrap().to_owned(),
+                    serde_json::to_string(e).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let keys = kube_audit_relay::dedupe::Dedupe::new(0);
+    group.bench_function("dedupe-key", |b| {
+        b.iter(|| {
+            for (id, json) in &events {
+                black_box(keys.key(id, "ResponseComplete", black_box(json)));
+            }
+        })
+    });
+
     let records = plain.run(&bodies[0], "x").unwrap().records;
     let octet = Encoder::new(
         Format::Rfc5424,
