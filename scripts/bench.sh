@@ -26,11 +26,15 @@
 #   h2streams HTTP/2 with 4 streams in flight on 1 and on 4 connections, next to HTTP/1.1 with
 #             as many requests in flight (4 and 16 connections); memory and disk queue
 #   h2ceiling the same four rows for the bare forwarder (what HTTP/2 costs without the relay)
+#   dedupe    the bare forwarder, the memory queue, and the memory queue with deduplication off
+#             (dedupe.max_entries = 0), 4 connections, ROUNDS (default 3) times, interleaved:
+#             what the dedupe window costs against the ceiling
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
 # Environment: DURATION (default 20s), HTTP2=1 for h2 (STREAMS: requests in flight per h2
 # connection, default 1), BENCH_DIR (default target/bench),
 # ROUNDS (integrity), RECORDS (verify), RELAY_BIN (another build of the relay, to compare),
-# CONFIRM_AFTER (the destination's confirm_after, e.g. 50ms), QUEUE_MAX_BYTES (queue.max_bytes, e.g. 8MiB).
+# CONFIRM_AFTER (the destination's confirm_after, e.g. 50ms), QUEUE_MAX_BYTES (queue.max_bytes, e.g. 8MiB),
+# DEDUPE_MAX_ENTRIES (dedupe.max_entries; 0 turns deduplication off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -93,6 +97,9 @@ server_name = "localhost"
 EOF
   if [ -n "${QUEUE_MAX_BYTES:-}" ]; then
     sed -i "s|^data_dir = \"$work/queue\"$|&\nmax_bytes = \"$QUEUE_MAX_BYTES\"|" "$work/relay.toml"
+  fi
+  if [ -n "${DEDUPE_MAX_ENTRIES:-}" ]; then
+    printf '[dedupe]\nmax_entries = %s\n' "$DEDUPE_MAX_ENTRIES" >> "$work/relay.toml"
   fi
   if [ -n "${CONFIRM_AFTER:-}" ]; then
     sed -i "s/^server_name = \"localhost\"$/&\nconfirm_after = \"$CONFIRM_AFTER\"/" "$work/relay.toml"
@@ -215,7 +222,7 @@ header() {
 }
 
 duration=${DURATION:-20s}
-[ $# -ge 1 ] || { sed -n '2,26p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,32p' "$0"; exit 2; }
 header
 for scenario in "$@"; do
   case "$scenario" in
@@ -261,6 +268,12 @@ for scenario in "$@"; do
         TARGET=ceiling run "ceiling-$c" "$c" none 0 0 metadata "$duration"
         run "memory-$c" "$c" memory 0 0 metadata "$duration"
         run "disk-$c" "$c" disk 0 0 metadata "$duration"
+      done ;;
+    dedupe)
+      for _ in $(seq "${ROUNDS:-3}"); do
+        TARGET=ceiling run ceiling-4 4 none 0 0 metadata "$duration"
+        run memory-4 4 memory 0 0 metadata "$duration"
+        DEDUPE_MAX_ENTRIES=0 run memory-4-nodedupe 4 memory 0 0 metadata "$duration"
       done ;;
     smoke)
       run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls
