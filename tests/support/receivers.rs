@@ -73,62 +73,15 @@ fn deploy_template(rel: &str, fallback: &str, values: &[(&str, String)]) -> Stri
 impl Receiver {
     /// A private rsyslog, or `None` (after the skip/fail rule) when rsyslogd is missing.
     pub async fn rsyslog(auth: PeerAuth) -> Option<Receiver> {
-        let bin = std::env::var("KAR_RSYSLOGD").unwrap_or_else(|_| "/usr/sbin/rsyslogd".into());
-        let has_tls = std::fs::read_dir("/usr/lib")
-            .ok()
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|d| d.path().join("rsyslog/lmnsd_ossl.so").exists());
-        if !Path::new(&bin).exists() || !has_tls {
-            missing_receiver("rsyslogd with the rsyslog-openssl TLS driver");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("work")).unwrap();
-        let d = dir.path().display().to_string();
         let authmode = if auth == PeerAuth::Required {
             "x509/certvalid"
         } else {
             "anon"
         };
-        let configure = move |dir: &Path, p: &[u16]| {
-            let conf = template(
-                "rsyslog.conf",
-                &[
-                    ("@DIR@", d.clone()),
-                    ("@CA@", cert("ca.crt")),
-                    ("@CERT@", cert("server.crt")),
-                    ("@KEY@", cert("server.key")),
-                    ("@TLS_PORT@", p[0].to_string()),
-                    ("@TCP_PORT@", p[1].to_string()),
-                    ("@AUTHMODE@", authmode.to_owned()),
-                ],
-            );
-            std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
-        };
-        let start = move |dir: &Path| {
-            Command::new(&bin)
-                .arg("-n")
-                .arg("-f")
-                .arg(dir.join("rsyslog.conf"))
-                .arg("-i")
-                .arg(dir.join("rsyslogd.pid"))
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(dir.join("rsyslogd.out"))?)
-                .stderr(std::fs::File::create(dir.join("rsyslogd.err"))?)
-                .spawn()
-        };
-        Some(
-            Receiver::launch(
-                dir,
-                "rsyslog",
-                &["tls", "tcp"],
-                Box::new(configure),
-                Box::new(start),
-            )
-            .await,
-        )
+        Self::rsyslog_with("rsyslog.conf", &["tls", "tcp"], move |_| {
+            vec![("@AUTHMODE@", authmode.to_owned())]
+        })
+        .await
     }
 
     /// A private rsyslog with `imrelp` (the shipped `deploy/receivers/rsyslog-relp.conf`:
@@ -155,8 +108,13 @@ impl Receiver {
                 .flatten()
                 .any(|d| d.path().join("rsyslog").join(module).exists())
         };
-        if !Path::new(&bin).exists() || !has("imrelp.so") || !has("lmnsd_ossl.so") {
-            missing_receiver("rsyslogd with imrelp (rsyslog-relp) and rsyslog-openssl");
+        let relp = names.iter().any(|n| n.starts_with("relp"));
+        if !Path::new(&bin).exists() || (relp && !has("imrelp.so")) || !has("lmnsd_ossl.so") {
+            missing_receiver(if relp {
+                "rsyslogd with imrelp (rsyslog-relp) and rsyslog-openssl"
+            } else {
+                "rsyslogd with the rsyslog-openssl TLS driver"
+            });
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
