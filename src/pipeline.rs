@@ -14,7 +14,7 @@ use crate::audit::{AuditError, EventList, Item};
 use crate::config::Config;
 use crate::dedupe::{Dedupe, Key, KeySet};
 use crate::filter::Policy;
-use crate::syslog::{Renderer, TooLarge};
+use crate::syslog::{Layout, Renderer, TooLarge};
 
 /// What happened to the items of one accepted batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct BatchSummary {
 pub struct Batch {
     /// The rendered records, in item order.
     pub records: Vec<Bytes>,
+    /// Where each record's SD and MSG are, for the queue's stampers.
+    pub layouts: Vec<Layout>,
     /// What happened to the items.
     pub summary: BatchSummary,
     /// The events dropped as too large (their auditIDs belong in the log).
@@ -80,6 +82,7 @@ impl Pipeline {
         let items = EventList::items(body)?;
         let mut batch = Batch {
             records: Vec::with_capacity(items.len()),
+            layouts: Vec::with_capacity(items.len()),
             keys: BatchKeys(Vec::with_capacity(items.len())),
             summary: BatchSummary {
                 items: items.len(),
@@ -120,10 +123,11 @@ impl Pipeline {
                 .renderer
                 .render_into(&mut scratch, item, view, compact, received_at)
             {
-                Ok(truncated) => {
-                    batch.summary.truncated += usize::from(truncated);
+                Ok(written) => {
+                    batch.summary.truncated += usize::from(written.truncated);
                     records.extend_from_slice(&scratch);
                     batch.records.push(records.split().freeze());
+                    batch.layouts.push(written.layout);
                     batch.keys.0.push(key);
                 }
                 Err(too_large) => {

@@ -352,6 +352,7 @@ impl Webhook {
         .map_err(|_| WebhookError::Busy)?;
         let Batch {
             records,
+            layouts,
             summary,
             too_large,
             keys,
@@ -362,7 +363,7 @@ impl Webhook {
             tracing::error!(audit_id = %dropped.audit_id, bytes = dropped.bytes, "event dropped: above syslog.max_message_bytes even after truncation");
         }
         if !records.is_empty() {
-            match timeout_at(deadline, self.queue.append(records)).await {
+            match timeout_at(deadline, self.queue.append_rendered(records, &layouts)).await {
                 Err(_) => return Err(WebhookError::StoreTimeout),
                 Ok(result) => result?,
             }

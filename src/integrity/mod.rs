@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, IntegrityConfig};
 use crate::queue::{Prework, PreworkFn, Stamp};
 use crate::stamp::{Arena, META_MAX, push_meta, sequence_id};
+use crate::syslog::Layout;
 use crate::syslog::convert::fields;
 use crate::syslog::render::sanitize;
 use crate::syslog::timestamp;
@@ -99,15 +100,22 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 
 /// SHA-256 of a record's MSG (without a BOM), which the chain links, and where its SD is,
 /// where the elements go: independent of the record's place, so worked out before the
-/// record reaches the queue's writer. A record that is not RFC 5424 (never one of the
-/// relay's own) is chained whole, its elements in front.
-pub fn prework_of(record: &[u8]) -> Prework {
-    match fields(record) {
-        Some(f) => {
-            let msg = &record[f.msg_start..];
+/// record reaches the queue's writer. `layout` says where the parts of a record the relay
+/// rendered are; without it the record is parsed. A record that is not RFC 5424 (never one
+/// of the relay's own) is chained whole, its elements in front.
+pub fn prework_of(record: &[u8], layout: Option<&Layout>) -> Prework {
+    let parts = match layout {
+        Some(l) if l.sd.end < l.msg_start && l.msg_start <= record.len() => {
+            Some((l.sd.clone(), l.msg_start))
+        }
+        _ => fields(record).map(|f| (f.sd, f.msg_start)),
+    };
+    match parts {
+        Some((sd, msg_start)) => {
+            let msg = record.get(msg_start..).unwrap_or_default();
             Prework {
                 digest: sha256(&[msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg)]),
-                span: f.sd,
+                span: sd,
             }
         }
         None => Prework {
@@ -363,7 +371,7 @@ impl ChainStamp {
         let prework = match prework {
             Some(p) if record.get(p.span.clone()).is_some() => p,
             _ => {
-                computed = prework_of(record);
+                computed = prework_of(record, None);
                 &computed
             }
         };
@@ -585,5 +593,47 @@ mod tests {
         assert_eq!(unhex32(&text), Some(h));
         let (d, n) = (sha256(&[b"msg"]), 42u64);
         assert_eq!(link(&h, n, &d), sha256(&[&h, &n.to_be_bytes(), &d]));
+    }
+
+    #[test]
+    fn the_renderers_layout_gives_the_digest_and_span_of_parsing() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/real-apiserver-v1.20.2-metadata-051.json"
+        ))
+        .unwrap();
+        for syslog in [
+            "",
+            "enterprise_id = 32473\n",
+            "enterprise_id = 32473\nbom = true\n",
+        ] {
+            let config = Config::parse(
+                &format!("[syslog]\n{syslog}"),
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap();
+            let batch = crate::pipeline::Pipeline::new(&config, "h")
+                .run(&body, "2000-01-01T00:00:00Z")
+                .unwrap();
+            assert!(batch.records.len() > 10);
+            assert_eq!(batch.layouts.len(), batch.records.len());
+            for (record, layout) in batch.records.iter().zip(&batch.layouts) {
+                let parsed = prework_of(record, None);
+                assert_eq!(prework_of(record, Some(layout)), parsed);
+                let f = fields(record).unwrap();
+                let msg = &record[f.msg_start..];
+                assert_eq!(
+                    parsed.digest,
+                    sha256(&[msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg)])
+                );
+            }
+        }
+        // A layout that does not fit the record is not trusted.
+        let record = b"<13>1 - h a - m - {}";
+        let wild = Layout {
+            sd: 40..41,
+            msg_start: 50,
+        };
+        assert_eq!(prework_of(record, Some(&wild)), prework_of(record, None));
     }
 }

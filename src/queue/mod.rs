@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use crate::config::{QueueConfig, QueueKind, WhenFull};
+use crate::syslog::Layout;
 
 pub use disk::DiskQueue;
 pub use memory::MemoryQueue;
@@ -81,8 +82,9 @@ pub struct Prework {
     pub span: std::ops::Range<usize>,
 }
 
-/// [`Stamp::prework`]'s function.
-pub type PreworkFn = fn(&[u8]) -> Prework;
+/// [`Stamp::prework`]'s function: the record, and where its parts are when the relay rendered
+/// it (so that it need not be parsed again).
+pub type PreworkFn = fn(&[u8], Option<&Layout>) -> Prework;
 
 /// A position in the queue: the sequence number of the next record, plus where it lives on
 /// disk (unused by the memory queue).
@@ -184,12 +186,31 @@ impl Queue {
     /// # Errors
     /// [`QueueError::Full`], [`QueueError::Io`] or [`QueueError::Closed`].
     pub async fn append(&self, records: Vec<Bytes>) -> Result<(), QueueError> {
+        self.append_rendered(records, &[]).await
+    }
+
+    /// [`Queue::append`] for records the relay rendered, with where their parts are
+    /// (`layouts[i]` for `records[i]`; fewer layouts than records is allowed).
+    ///
+    /// # Errors
+    /// [`QueueError::Full`], [`QueueError::Io`] or [`QueueError::Closed`].
+    pub async fn append_rendered(
+        &self,
+        records: Vec<Bytes>,
+        layouts: &[Layout],
+    ) -> Result<(), QueueError> {
         if records.is_empty() {
             return Ok(());
         }
         let prework = self
             .prework
-            .map(|f| records.iter().map(|r| f(r)).collect())
+            .map(|f| {
+                records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| f(r, layouts.get(i)))
+                    .collect()
+            })
             .unwrap_or_default();
         match &*self.backend {
             Backend::Memory(q) => q.append_with(records, prework)?,

@@ -16,4 +16,4 @@ pub use encode::Encoder;
 
 pub use check::{Rfc5424, parse_strict};
 pub use frame::{FrameError, frame, next_frame};
-pub use render::{Rendered, Renderer, TooLarge};
+pub use render::{Layout, Rendered, Renderer, TooLarge, Written};

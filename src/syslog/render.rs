@@ -34,6 +34,25 @@ pub struct Rendered {
     pub truncated: bool,
 }
 
+/// Where the parts of a record the relay rendered are, so that whoever writes into it later
+/// (the stampers of [`crate::queue::Stamp`]) need not parse it again.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Layout {
+    /// The STRUCTURED-DATA (`-` or the elements).
+    pub sd: std::ops::Range<usize>,
+    /// Where MSG starts (after the space that follows the SD; a BOM is part of MSG).
+    pub msg_start: usize,
+}
+
+/// What [`Renderer::render_into`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Whether the apiserver truncation rule had to be applied.
+    pub truncated: bool,
+    /// Where the record's parts are.
+    pub layout: Layout,
+}
+
 /// Renders events with the settings of `[syslog]`.
 #[derive(Debug, Clone)]
 pub struct Renderer {
@@ -77,13 +96,17 @@ impl Renderer {
         received_at: &str,
     ) -> Result<Rendered, TooLarge> {
         let mut message = Vec::with_capacity(item.len() + 160);
-        let truncated = self.render_into(&mut message, item, view, false, received_at)?;
-        Ok(Rendered { message, truncated })
+        let written = self.render_into(&mut message, item, view, false, received_at)?;
+        Ok(Rendered {
+            message,
+            truncated: written.truncated,
+        })
     }
 
     /// [`Renderer::render`] into `message` (cleared first), so that a batch reuses one
-    /// buffer; returns whether the truncation rule was applied. `compact`: the item is known
-    /// to hold no whitespace outside strings ([`crate::audit::Item::compact`]).
+    /// buffer; returns whether the truncation rule was applied and where the SD and MSG are.
+    /// `compact`: the item is known to hold no whitespace outside strings
+    /// ([`crate::audit::Item::compact`]).
     ///
     /// # Errors
     /// [`TooLarge`] when even the truncated event exceeds `max_message_bytes`.
@@ -94,20 +117,30 @@ impl Renderer {
         view: &EventView<'_>,
         compact: bool,
         received_at: &str,
-    ) -> Result<bool, TooLarge> {
+    ) -> Result<Written, TooLarge> {
         message.clear();
-        self.write_header(message, view, received_at);
+        let sd = self.write_header(message, view, received_at);
+        let layout = Layout {
+            msg_start: sd.end + 1,
+            sd,
+        };
         let header_len = message.len();
         audit::write_event_line(message, item, view, compact);
         if message.len() <= self.max_message_bytes {
-            return Ok(false);
+            return Ok(Written {
+                truncated: false,
+                layout,
+            });
         }
         message.truncate(header_len);
         if let Some(short) = audit::truncate_event(item) {
             audit::write_event_line(message, &short, view, false);
         }
         if message.len() > header_len && message.len() <= self.max_message_bytes {
-            Ok(true)
+            Ok(Written {
+                truncated: true,
+                layout,
+            })
         } else {
             Err(TooLarge {
                 audit_id: view.audit_id.chars().take(64).collect(),
@@ -116,7 +149,13 @@ impl Renderer {
         }
     }
 
-    fn write_header(&self, out: &mut Vec<u8>, view: &EventView<'_>, received_at: &str) {
+    /// Writes everything before MSG; returns where the SD is.
+    fn write_header(
+        &self,
+        out: &mut Vec<u8>,
+        view: &EventView<'_>,
+        received_at: &str,
+    ) -> std::ops::Range<usize> {
         let pri = u16::from(self.facility) * 8 + u16::from(severity(view));
         out.push(b'<');
         write_decimal(out, u64::from(pri));
@@ -132,6 +171,7 @@ impl Renderer {
         out.extend_from_slice(self.host_app.as_bytes());
         write_sanitized(out, &view.stage, MSGID_MAX);
         out.push(b' ');
+        let sd_start = out.len();
         match &self.sd_open {
             None => out.push(b'-'),
             Some(sd_open) => {
@@ -153,10 +193,12 @@ impl Renderer {
                 out.extend_from_slice(b"\"]");
             }
         }
+        let sd = sd_start..out.len();
         out.push(b' ');
         if self.bom {
             out.extend_from_slice(BOM);
         }
+        sd
     }
 }
 
@@ -353,6 +395,42 @@ mod tests {
         );
         let json = format!(r#"{{"auditID":"a","stage":"S","verb":"{big}"}}"#);
         assert_eq!(render(&config, &json).unwrap_err().audit_id, "a");
+    }
+
+    #[test]
+    fn the_layout_is_where_a_parser_finds_the_parts() {
+        let big = "x".repeat(600);
+        let events = [
+            r#"{"auditID":"id-1","stage":"ResponseComplete","verb":"get","user":{"username":"a\"]b"},"responseStatus":{"code":-1}}"#.to_owned(),
+            r#"{"auditID":"id-2","stage":"RequestReceived"}"#.to_owned(),
+            format!(r#"{{"auditID":"id-3","stage":"S","requestObject":{{"data":"{big}"}}}}"#),
+        ];
+        for pen in [None, Some(32473)] {
+            for bom in [false, true] {
+                let config = SyslogConfig {
+                    enterprise_id: pen,
+                    bom,
+                    max_message_bytes: ByteSize(700),
+                    ..SyslogConfig::default()
+                };
+                let renderer = Renderer::new(&config, "node 1");
+                for json in &events {
+                    let raw: &serde_json::value::RawValue = serde_json::from_str(json).unwrap();
+                    let view = EventView::parse(0, raw).unwrap();
+                    let mut out = Vec::new();
+                    let written = renderer
+                        .render_into(&mut out, raw.get(), &view, false, "2000-01-01T00:00:00Z")
+                        .unwrap();
+                    let parsed = crate::syslog::convert::fields(&out).unwrap();
+                    assert_eq!(written.layout.sd, parsed.sd, "{pen:?} {bom} {json}");
+                    assert_eq!(written.layout.msg_start, parsed.msg_start);
+                    assert_eq!(written.truncated, json.len() > 600);
+                    if pen.is_some() {
+                        assert!(out[written.layout.sd.clone()].starts_with(b"[k8saudit@32473 "));
+                    }
+                }
+            }
+        }
     }
 
     /// The definition `write_param_value` must keep: character by character.

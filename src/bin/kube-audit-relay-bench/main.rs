@@ -163,10 +163,10 @@ fn trail(o: &TrailOptions) -> anyhow::Result<()> {
     let body =
         std::fs::read(&o.corpus).with_context(|| format!("reading {}", o.corpus.display()))?;
     let pipeline = kube_audit_relay::pipeline::Pipeline::new(&config, "bench-host");
-    let records = pipeline
+    let batch = pipeline
         .run(&body, "2026-01-01T00:00:00Z")
-        .with_context(|| format!("{} is not an EventList", o.corpus.display()))?
-        .records;
+        .with_context(|| format!("{} is not an EventList", o.corpus.display()))?;
+    let (records, layouts) = (batch.records, batch.layouts);
     if records.is_empty() {
         bail!("no events in {}", o.corpus.display());
     }
@@ -189,9 +189,10 @@ fn trail(o: &TrailOptions) -> anyhow::Result<()> {
         Ok(())
     };
     for i in 0..o.records {
-        let record = &records[usize::try_from(i).unwrap_or(0) % records.len()];
+        let at = usize::try_from(i).unwrap_or(0) % records.len();
+        let record = &records[at];
         // As in the relay: the digest is the appending task's work, the link the writer's.
-        let prework = prework_of(record);
+        let prework = prework_of(record, layouts.get(at));
         stamp.stamp(seq, record, Some(&prework), &mut out);
         write(&mut out, &mut seq)?;
     }
