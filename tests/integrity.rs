@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::load::Load;
+use support::load::{Load, load_runs};
 use support::receivers::{PeerAuth, Receiver};
 use support::{
     ClientOptions, Relay, RelayProcess, all_corpus_events, cert, eventlist, post_batch, wait_until,
@@ -375,21 +375,14 @@ async fn kill_9_continues_the_chain_and_resends_are_duplicates() {
     let mut relay = RelayProcess::start(&config("127.0.0.1:0")).await;
     let cfg = config(&relay.addr.to_string());
     let mut load = Load::start(relay.addr, "trail", 2, 50);
-    for _ in 0..2 {
-        let before = load.acked_count();
-        assert!(
-            wait_until(Duration::from_secs(20), || load.acked_count()
-                >= before + 1000)
-            .await
-        );
+    for round in 0..2 {
+        assert!(load_runs(&load, 1000).await, "round {round}: the load runs");
         let dir = relay.kill9();
         relay = RelayProcess::start_in(dir, &cfg).await;
     }
-    let before = load.acked_count();
     assert!(
-        wait_until(Duration::from_secs(20), || load.acked_count()
-            >= before + 1000)
-        .await
+        load_runs(&load, 1000).await,
+        "the load runs after the last restart"
     );
     load.stop().await;
     let status = relay.terminate(Duration::from_secs(30)).await.unwrap();

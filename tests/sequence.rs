@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube_audit_relay::config::Framing;
-use support::load::Load;
+use support::load::{Load, load_runs};
 use support::receivers::Receiver;
 use support::{Relay, RelayProcess, Sink, eventlist, small_events, wait_until};
 
@@ -89,21 +89,14 @@ backoff_max = "200ms"
     let mut relay = RelayProcess::start(&config(0)).await;
     let cfg = config(relay.addr.port());
     let mut load = Load::start(relay.addr, "seq", 2, 50);
-    for _ in 0..2 {
-        let before = load.acked_count();
-        assert!(
-            wait_until(Duration::from_secs(20), || load.acked_count()
-                >= before + 500)
-            .await
-        );
+    for round in 0..2 {
+        assert!(load_runs(&load, 500).await, "round {round}: the load runs");
         let dir = relay.kill9();
         relay = RelayProcess::start_in(dir, &cfg).await;
     }
-    let before = load.acked_count();
     assert!(
-        wait_until(Duration::from_secs(20), || load.acked_count()
-            >= before + 500)
-        .await
+        load_runs(&load, 500).await,
+        "the load runs after the last restart"
     );
     load.stop().await;
     let acked = load.acked.lock().unwrap().clone();
