@@ -154,8 +154,10 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Event,
-    Checkpoint(usize),
-    Start(usize),
+    /// Index into the checkpoints read (u32: entries stay small, ten million of them).
+    Checkpoint(u32),
+    /// Index into the start records read.
+    Start(u32),
 }
 
 /// One trail record, as little as the checks need.
@@ -258,11 +260,11 @@ pub fn verify(files: &[PathBuf], options: &Options) -> Result<Report, VerifyErro
             let role = match msgid {
                 MSGID_CHECKPOINT => {
                     checkpoints.push(serde_json::from_slice(msg).ok());
-                    Role::Checkpoint(checkpoints.len() - 1)
+                    Role::Checkpoint(u32::try_from(checkpoints.len() - 1).unwrap_or(u32::MAX))
                 }
                 MSGID_START => {
                     starts.push(serde_json::from_slice(msg).ok());
-                    Role::Start(starts.len() - 1)
+                    Role::Start(u32::try_from(starts.len() - 1).unwrap_or(u32::MAX))
                 }
                 _ => Role::Event,
             };
@@ -428,7 +430,7 @@ fn check_chain(
     let mut start_n = None;
     for e in &unique {
         if let Role::Start(s) = e.role {
-            match &starts[s] {
+            match starts.get(s as usize).and_then(Option::as_ref) {
                 Some(start) if start.chain == chain && start.first == e.n => {
                     match signature_ok(&start.signed_text(), &start.sig, &start.key) {
                         Ok(()) => start_n = Some(e.n),
@@ -452,7 +454,6 @@ fn check_chain(
         }
     }
     // Links, gaps and stretches of unbroken chain.
-    let by_n: HashMap<u64, usize> = unique.iter().enumerate().map(|(i, e)| (e.n, i)).collect();
     let mut stretches: Vec<(usize, usize)> = Vec::new();
     let mut stretch_start = 0;
     let mut link_ok = vec![true; unique.len()];
@@ -521,7 +522,11 @@ fn check_chain(
         let Role::Checkpoint(c) = e.role else {
             continue;
         };
-        let Some(cp) = checkpoints[c].as_ref().filter(|cp| cp.chain == chain) else {
+        let Some(cp) = checkpoints
+            .get(c as usize)
+            .and_then(Option::as_ref)
+            .filter(|cp| cp.chain == chain)
+        else {
             found.push(finding(
                 Kind::BadSignature,
                 e.n,
@@ -544,9 +549,10 @@ fn check_chain(
             ));
             continue;
         }
-        let head_ok = by_n
-            .get(&cp.last)
-            .is_some_and(|&i| super::hex(&unique[i].h) == cp.head);
+        // `unique` is in number order, one entry per number.
+        let head_ok = unique
+            .binary_search_by_key(&cp.last, |u| u.n)
+            .is_ok_and(|i| super::hex(&unique[i].h) == cp.head);
         if !head_ok {
             found.push(finding(
                 Kind::CheckpointMismatch,
@@ -715,5 +721,108 @@ impl fmt::Display for Report {
             self.other_lines,
             self.findings.len()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::integrity::{ChainStamp, FINAL, keys};
+    use crate::queue::Stamp;
+
+    /// A trail of `n` events chained by the relay's own stamper, with a checkpoint every 10,
+    /// one record per line; and the public key.
+    fn trail(dir: &Path, n: u64) -> (Vec<String>, PublicKey) {
+        let (key, public, _) = keys::generate(&dir.join("keys")).unwrap();
+        let config = Config::parse(
+            &format!(
+                "[syslog]\nenterprise_id = 32473\n[integrity]\nsigning_key = {:?}\ncheckpoint_records = 10\n",
+                key.display().to_string()
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let mut stamp =
+            ChainStamp::new(config.integrity.as_ref().unwrap(), &config, "host").unwrap();
+        let (mut out, mut seq) = (Vec::new(), 0u64);
+        for i in 0..n {
+            let record = format!(
+                "<109>1 2026-01-01T00:00:00Z host kube-apiserver - ResponseComplete - {{\"auditID\":\"id-{i}\"}}"
+            );
+            let before = out.len();
+            stamp.stamp(seq, record.as_bytes(), None, &mut out);
+            seq += (out.len() - before) as u64;
+        }
+        stamp.stamp(seq, FINAL, None, &mut out);
+        let lines = out
+            .iter()
+            .map(|r| String::from_utf8(r.to_vec()).unwrap())
+            .collect();
+        (lines, PublicKey::load(&public).unwrap())
+    }
+
+    fn run(dir: &Path, lines: &[String], key: &PublicKey) -> Report {
+        let path = dir.join("trail.log");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+        let options = Options {
+            keys: vec![key.clone()],
+            allow_open_end: false,
+        };
+        verify(&[path], &options).unwrap()
+    }
+
+    fn kinds(report: &Report) -> Vec<(String, u64, u64)> {
+        report
+            .findings
+            .iter()
+            .map(|f| {
+                let kind = serde_json::to_value(f.kind).unwrap();
+                (kind.as_str().unwrap().to_owned(), f.from, f.to)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_is_checked_against_the_head_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lines, key) = trail(dir.path(), 35);
+        let clean = run(dir.path(), &lines, &key);
+        assert!(clean.ok(), "{:?}", clean.findings);
+        assert_eq!(clean.verified, clean.records);
+        // The chain value of the record a checkpoint names as its head, changed: that record
+        // and the next no longer link, and the (validly signed) checkpoint names a head that
+        // record does not have.
+        let cp: Checkpoint = lines
+            .iter()
+            .find(|l| l.contains(" checkpoint "))
+            .and_then(|l| l.find("{\"kind\"").map(|at| &l[at..]))
+            .map(|m| serde_json::from_str(m).unwrap())
+            .unwrap();
+        let at = lines
+            .iter()
+            .position(|l| l.contains(&format!("sequenceId=\"{}\"", cp.last)))
+            .unwrap();
+        let mut tampered = lines.clone();
+        let other = super::super::hex(&[0x5a; 32]);
+        tampered[at] = tampered[at].replace(&cp.head, &other);
+        assert_ne!(tampered[at], lines[at]);
+        let report = run(dir.path(), &tampered, &key);
+        let found = kinds(&report);
+        assert!(
+            found.contains(&("checkpoint_mismatch".to_owned(), cp.last, cp.last)),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&("modified".to_owned(), cp.last, cp.last)),
+            "{found:?}"
+        );
+        assert!(!report.ok());
     }
 }
