@@ -36,7 +36,7 @@ pub struct Rendered {
 
 /// Where the parts of a record the relay rendered are, so that whoever writes into it later
 /// (the stampers of [`crate::queue::Stamp`]) need not parse it again.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// The STRUCTURED-DATA (`-` or the elements).
     pub sd: std::ops::Range<usize>,
