@@ -29,12 +29,15 @@
 #   dedupe    the bare forwarder, the memory queue, and the memory queue with deduplication off
 #             (dedupe.max_entries = 0), 4 connections, ROUNDS (default 3) times, interleaved:
 #             what the dedupe window costs against the ceiling
+#   readcache the bare forwarder and the disk queue with and without its read cache
+#             (queue.read_cache_bytes = 0), 16 connections, ROUNDS (default 3) times, interleaved
 #   smoke     2 s of S1, for CI: proves the tools work, measures nothing
 # Environment: DURATION (default 20s), HTTP2=1 for h2 (STREAMS: requests in flight per h2
 # connection, default 1), BENCH_DIR (default target/bench),
 # ROUNDS (integrity), RECORDS (verify), RELAY_BIN (another build of the relay, to compare),
 # CONFIRM_AFTER (the destination's confirm_after, e.g. 50ms), QUEUE_MAX_BYTES (queue.max_bytes, e.g. 8MiB),
-# DEDUPE_MAX_ENTRIES (dedupe.max_entries; 0 turns deduplication off).
+# DEDUPE_MAX_ENTRIES (dedupe.max_entries; 0 turns deduplication off),
+# READ_CACHE_BYTES (queue.read_cache_bytes; 0 turns the disk queue's read cache off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -97,6 +100,9 @@ server_name = "localhost"
 EOF
   if [ -n "${QUEUE_MAX_BYTES:-}" ]; then
     sed -i "s|^data_dir = \"$work/queue\"$|&\nmax_bytes = \"$QUEUE_MAX_BYTES\"|" "$work/relay.toml"
+  fi
+  if [ -n "${READ_CACHE_BYTES:-}" ]; then
+    sed -i "s|^data_dir = \"$work/queue\"$|&\nread_cache_bytes = \"$READ_CACHE_BYTES\"|" "$work/relay.toml"
   fi
   if [ -n "${DEDUPE_MAX_ENTRIES:-}" ]; then
     printf '[dedupe]\nmax_entries = %s\n' "$DEDUPE_MAX_ENTRIES" >> "$work/relay.toml"
@@ -274,6 +280,12 @@ for scenario in "$@"; do
         TARGET=ceiling run ceiling-4 4 none 0 0 metadata "$duration"
         run memory-4 4 memory 0 0 metadata "$duration"
         DEDUPE_MAX_ENTRIES=0 run memory-4-nodedupe 4 memory 0 0 metadata "$duration"
+      done ;;
+    readcache)
+      for _ in $(seq "${ROUNDS:-3}"); do
+        TARGET=ceiling run ceiling-16 16 none 0 0 metadata "$duration"
+        run disk-16 16 disk 0 0 metadata "$duration"
+        READ_CACHE_BYTES=0 run disk-16-nocache 16 disk 0 0 metadata "$duration"
       done ;;
     smoke)
       run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls

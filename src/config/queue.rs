@@ -44,6 +44,10 @@ pub struct QueueConfig {
     /// What a full queue does: `reject` (503, the default: nothing acknowledged is ever lost)
     /// or `drop_oldest` (delete the oldest undelivered events to make room; counted and logged).
     pub when_full: WhenFull,
+    /// Disk queue only: the newest durable records kept in RAM as written, so that a sender
+    /// at the tail takes them from there instead of reading them back from the segment file.
+    /// `0` turns it off. Default 1 MiB.
+    pub read_cache_bytes: ByteSize,
 }
 
 /// `queue.max_bytes` when it is not set, by kind.
@@ -64,6 +68,7 @@ struct QueueFile {
     #[serde(deserialize_with = "units::size_at_least::<_, 4096>")]
     segment_bytes: ByteSize,
     when_full: WhenFull,
+    read_cache_bytes: ByteSize,
 }
 
 impl Default for QueueFile {
@@ -75,6 +80,7 @@ impl Default for QueueFile {
             max_bytes: None,
             segment_bytes: d.segment_bytes,
             when_full: d.when_full,
+            read_cache_bytes: d.read_cache_bytes,
         }
     }
 }
@@ -87,6 +93,7 @@ impl From<QueueFile> for QueueConfig {
             max_bytes: f.max_bytes.unwrap_or(default_max_bytes(f.kind)),
             segment_bytes: f.segment_bytes,
             when_full: f.when_full,
+            read_cache_bytes: f.read_cache_bytes,
         }
     }
 }
@@ -99,6 +106,7 @@ impl Default for QueueConfig {
             max_bytes: default_max_bytes(QueueKind::Disk),
             segment_bytes: ByteSize(64 << 20),
             when_full: WhenFull::Reject,
+            read_cache_bytes: ByteSize(1 << 20),
         }
     }
 }

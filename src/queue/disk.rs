@@ -1,6 +1,7 @@
 //! The disk queue: append-only segment files with group-committed fsync. The bytes of a
 //! segment are encoded and decoded in [`format`] only; [`writer`] appends, [`reader`] reads
-//! for one destination, [`recover`] scans at start-up, [`cursor`] owns the cursor files.
+//! for one destination, [`recover`] scans at start-up, [`cursor`] owns the cursor files,
+//! [`tail`] keeps the newest durable records in RAM for readers that keep up.
 //!
 //! # On-disk format (version 1)
 //!
@@ -43,12 +44,14 @@ mod cursor;
 mod format;
 mod reader;
 mod recover;
+mod tail;
 mod writer;
 
 pub use reader::DiskReader;
 
 use super::{Position, Prework, QueueError, QueueStats, Stamper};
 use crate::config::{QueueConfig, WhenFull};
+use tail::Tail;
 use writer::{AppendRequest, Writer};
 
 /// How often committed cursors are written to disk: bounds the repeats after a crash.
@@ -75,6 +78,8 @@ struct State {
     persisted: Vec<Position>,
     bytes: u64,
     closed: bool,
+    /// The newest durable records as written (`queue.read_cache_bytes`).
+    tail: Tail,
 }
 
 impl State {
@@ -179,6 +184,7 @@ impl DiskQueue {
         if let Some(s) = &mut stamp {
             s.resume(last.as_ref().map(|(seq, record)| (*seq, &record[..])));
         }
+        shared.lock().tail = Tail::new(config.read_cache_bytes.as_usize());
         let shared = Arc::new(shared);
         let (tx, rx) = mpsc::channel(WRITE_CHANNEL);
         let writer = Writer {
@@ -329,6 +335,7 @@ mod tests {
     use super::format::{RECORD_HEADER, SEGMENT_HEADER};
     use super::*;
 
+    use crate::config::ByteSize;
     use crate::queue::tests::{config, drain, names, records};
     use crate::queue::{Backend, Queue, QueueError};
 
@@ -580,6 +587,71 @@ mod tests {
             panic!("disk queue")
         };
         assert_eq!(disk.skipped_records(), 1);
+    }
+
+    /// Flips a byte inside the record that contains `needle`, in whichever segment holds it.
+    fn spoil(dir: &Path, needle: &str) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "seg") {
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            if let Some(at) = bytes
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+            {
+                bytes[at + needle.len() + 10] ^= 0x20;
+                std::fs::write(&path, &bytes).unwrap();
+                return;
+            }
+        }
+        panic!("{needle} is in no segment");
+    }
+
+    #[tokio::test]
+    async fn readers_at_the_tail_take_the_records_as_written_and_others_read_the_file() {
+        for cache in [4096u64, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = config(dir.path(), 1 << 20, 4096);
+            cfg.read_cache_bytes = ByteSize(cache);
+            let q = Queue::open(&cfg, &["a".to_owned(), "b".to_owned()])
+                .await
+                .unwrap();
+            for i in 0..5 {
+                q.append(records(&format!("w{i}"), 20)).await.unwrap();
+            }
+            // Damage on disk after the write: one of the oldest records, which 4 KiB of cache
+            // no longer holds, and one of the newest, which it does.
+            spoil(dir.path(), "w0-0003-");
+            spoil(dir.path(), "w4-0018-");
+            let mut want = Vec::new();
+            for i in 0..5 {
+                want.extend(names(&format!("w{i}"), 0..20));
+            }
+            want.retain(|r| !r.starts_with("w0-0003-"));
+            if cache == 0 {
+                want.retain(|r| !r.starts_with("w4-0018-"));
+            }
+            for index in [0, 1] {
+                let (got, end) = drain(&mut q.reader(index)).await;
+                assert_eq!(got, want, "cache {cache}, reader {index}");
+                assert_eq!(end.unwrap().seq, 100);
+            }
+            let Backend::Disk(disk) = &*q.backend else {
+                panic!("disk queue")
+            };
+            assert_eq!(disk.skipped_records(), if cache == 0 { 4 } else { 2 });
+            // A rewound reader reads the same again, through both paths.
+            let mut a = q.reader(0);
+            let mut batch = Vec::new();
+            let pos = a.next_batch(usize::MAX, 30, &mut batch).await.unwrap();
+            assert_eq!(batch.len(), 30);
+            a.commit(pos);
+            a.rewind();
+            let (got, _) = drain(&mut a).await;
+            assert_eq!(got, want[30..], "cache {cache}, after a rewind");
+        }
     }
 
     #[tokio::test]

@@ -397,6 +397,7 @@ pub(crate) mod tests {
             max_bytes: ByteSize(max_bytes),
             segment_bytes: ByteSize(segment_bytes),
             when_full: crate::config::WhenFull::Reject,
+            read_cache_bytes: ByteSize(1 << 20),
         }
     }
 

@@ -36,6 +36,10 @@ impl DiskReader {
             notified.as_mut().enable();
             let (durable, segments) = {
                 let s = self.shared.lock();
+                if let Some(end) = s.tail.read(self.read, limits, out) {
+                    self.read = end;
+                    return Ok(end);
+                }
                 (s.durable, s.segments.clone())
             };
             if self.read.seq < durable.seq || (self.read.segment < durable.segment) {
@@ -88,8 +92,9 @@ impl DiskReader {
             // One positioned read per step and records handed out as slices of it: no
             // allocation or copy per record.
             let available = limit - self.read.offset;
-            let want =
-                (max_bytes.saturating_sub(taken) as u64 + RECORD_HEADER).clamp(64 << 10, 4 << 20);
+            let want = (max_bytes.saturating_sub(taken) as u64)
+                .saturating_add(RECORD_HEADER)
+                .clamp(64 << 10, 4 << 20);
             let mut chunk = self.read_at(self.read.offset, available.min(want))?;
             match format::decode(&chunk) {
                 Decoded::Short { need } if need <= available => {

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 use tokio::sync::Notify;
 
 use super::format::{self, Decoded, SEGMENT_HEADER};
+use super::tail::Tail;
 use super::writer::ActiveSegment;
 use super::{Segment, Shared, State, cursor};
 use crate::queue::{Position, QueueError};
@@ -203,6 +204,7 @@ pub(super) fn recover(
             committed,
             bytes,
             closed: false,
+            tail: Tail::new(0),
         }),
         appended: Notify::new(),
         skipped_records: AtomicU64::new(0),

@@ -145,6 +145,8 @@ impl Writer {
         let mut already = self.shared.lock().bytes;
         let mut added = 0u64;
         let mut rolled = Vec::new();
+        // What the group writes, for the tail cache once it is durable.
+        let mut placed = self.shared.lock().tail.enabled().then(Vec::new);
         for (records, prework, reply) in group.drain(..) {
             if let Some(why) = &self.broken {
                 let _ = reply.send(Err(QueueError::Io(io::Error::other(why.clone()))));
@@ -165,7 +167,7 @@ impl Writer {
                 continue;
             }
             if let Ok(end) = &mut result {
-                match self.write_records(&records, &prework, end, &mut rolled) {
+                match self.write_records(&records, &prework, end, &mut rolled, &mut placed) {
                     Ok(written) => added += written,
                     Err(e) => result = Err(e),
                 }
@@ -186,6 +188,7 @@ impl Writer {
                     s.segments.insert(self.file.id, self.file.segment());
                     s.bytes += added;
                     s.durable = end;
+                    s.tail.push(placed.into_iter().flatten());
                 }
                 self.shared.appended.notify_waiters();
                 for reply in accepted {
@@ -224,6 +227,7 @@ impl Writer {
                 break;
             }
             s.segments.remove(&id);
+            s.tail.forget_below(next_first);
             s.bytes = s.bytes.saturating_sub(seg.len);
             freed += seg.len;
             let lowest = s
@@ -258,14 +262,16 @@ impl Writer {
         freed
     }
 
-    /// Writes records after `end`, starting a new segment when the active one is full.
-    /// Returns the bytes added to the queue's files (records and new segment headers).
+    /// Writes records after `end`, starting a new segment when the active one is full, and
+    /// notes each with where it starts in `placed` (when that is collected). Returns the
+    /// bytes added to the queue's files (records and new segment headers).
     fn write_records(
         &mut self,
         records: &[Bytes],
         prework: &[Prework],
         end: &mut Position,
         rolled: &mut Vec<(u64, Segment)>,
+        placed: &mut Option<Vec<(Position, Bytes)>>,
     ) -> io::Result<u64> {
         let mut written = 0;
         let mut stamped = Vec::new();
@@ -279,19 +285,24 @@ impl Writer {
                 None => std::slice::from_ref(record),
             };
             for record in out {
-                written += self.write_record(record, end, rolled)?;
+                let (added, at) = self.write_record(record, end, rolled)?;
+                written += added;
+                if let Some(placed) = placed {
+                    placed.push((at, record.clone()));
+                }
             }
         }
         Ok(written)
     }
 
     /// Writes one record after `end`, starting a new segment when the active one is full.
+    /// Returns the bytes added and where the record starts.
     fn write_record(
         &mut self,
         record: &[u8],
         end: &mut Position,
         rolled: &mut Vec<(u64, Segment)>,
-    ) -> io::Result<u64> {
+    ) -> io::Result<(u64, Position)> {
         let mut written = 0;
         let len = record.len() as u64;
         if self.file.len > SEGMENT_HEADER
@@ -303,6 +314,11 @@ impl Writer {
             rolled.push((self.file.id, self.file.segment()));
             written += SEGMENT_HEADER;
         }
+        let at = Position {
+            seq: end.seq,
+            segment: self.file.id,
+            offset: self.file.len,
+        };
         self.file.out.write_all(&format::record_header(record)?)?;
         self.file.out.write_all(record)?;
         self.file.len += RECORD_HEADER + len;
@@ -312,7 +328,7 @@ impl Writer {
             segment: self.file.id,
             offset: self.file.len,
         };
-        Ok(written)
+        Ok((written, at))
     }
 
     /// Undoes a failed group: the active segment is cut back to its last durable length so
