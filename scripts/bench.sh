@@ -192,6 +192,20 @@ PY
 }
 
 # verify_run RECORDS: a trail of RECORDS chained records, and verify timed on it.
+# ROUNDS (default 3) times, interleaved: the bare forwarder, the relay, and the relay with one
+# setting changed (VAR=VALUE, one of the variables above), at CONNS connections.
+with_and_without() {
+  local conns=$1 queue=$2 suffix=$3 var=${4%%=*} value=${4#*=}
+  for _ in $(seq "${ROUNDS:-3}"); do
+    TARGET=ceiling run "ceiling-$conns" "$conns" none 0 0 metadata "$duration"
+    run "$queue-$conns" "$conns" "$queue" 0 0 metadata "$duration"
+    local had=${!var+x} saved=${!var-}
+    export "$var=$value"
+    run "$queue-$conns-$suffix" "$conns" "$queue" 0 0 metadata "$duration"
+    if [ -n "$had" ]; then export "$var=$saved"; else unset "$var"; fi
+  done
+}
+
 verify_run() {
   local records=$1 work; work=$(mktemp -d "$out_dir/trail.XXXXXX")
   "$relay_bin" gen-signing-key "$work/keys" > /dev/null 2>&1
@@ -275,18 +289,8 @@ for scenario in "$@"; do
         run "memory-$c" "$c" memory 0 0 metadata "$duration"
         run "disk-$c" "$c" disk 0 0 metadata "$duration"
       done ;;
-    dedupe)
-      for _ in $(seq "${ROUNDS:-3}"); do
-        TARGET=ceiling run ceiling-4 4 none 0 0 metadata "$duration"
-        run memory-4 4 memory 0 0 metadata "$duration"
-        DEDUPE_MAX_ENTRIES=0 run memory-4-nodedupe 4 memory 0 0 metadata "$duration"
-      done ;;
-    readcache)
-      for _ in $(seq "${ROUNDS:-3}"); do
-        TARGET=ceiling run ceiling-16 16 none 0 0 metadata "$duration"
-        run disk-16 16 disk 0 0 metadata "$duration"
-        READ_CACHE_BYTES=0 run disk-16-nocache 16 disk 0 0 metadata "$duration"
-      done ;;
+    dedupe) with_and_without 4 memory nodedupe DEDUPE_MAX_ENTRIES=0 ;;
+    readcache) with_and_without 16 disk nocache READ_CACHE_BYTES=0 ;;
     smoke)
       run smoke 2 disk 0 0 metadata 2s; run smoke-relp 2 disk 0 0 metadata 2s relp+tls
       run smoke-integrity 2 disk 0 0 metadata 2s tls 1; verify_run 20000

@@ -63,13 +63,15 @@ struct Fleet {
 impl Fleet {
     async fn start() -> Option<Fleet> {
         let receiver = Receiver::rsyslog(PeerAuth::None).await?;
-        let ports = support::ports::pick(6);
         let mut replicas = Vec::new();
         let mut configs = Vec::new();
-        for i in 0..3 {
-            let config = replica_config(ports[2 * i], ports[2 * i + 1], &receiver);
-            replicas.push(Some(RelayProcess::start(&config).await));
-            configs.push(config);
+        for _ in 0..3 {
+            // Port 0 first, so that no other test's pick can clash; a restart after `kill -9`
+            // comes back on the ports it had, as HAProxy expects.
+            let replica = RelayProcess::start(&replica_config(0, 0, &receiver)).await;
+            let admin = replica.admin.expect("admin listener").port();
+            configs.push(replica_config(replica.addr.port(), admin, &receiver));
+            replicas.push(Some(replica));
         }
         let addrs: [(SocketAddr, u16); 3] = std::array::from_fn(|i| {
             let r = replicas[i].as_ref().unwrap();
