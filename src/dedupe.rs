@@ -83,6 +83,11 @@ impl Dedupe {
         }
     }
 
+    /// Whether keys are kept at all (`max_entries` is not 0): when not, nothing needs one.
+    pub fn enabled(&self) -> bool {
+        self.max_entries > 0
+    }
+
     /// The key of one event: its `auditID` and `stage` (read from it) and its JSON text as
     /// received (`item`). Equal only for the same event resent; without the secret keys no
     /// client can make another event's key.
