@@ -5,10 +5,13 @@
 //! bounded window of recently stored keys drops the repeats. The bytes are part of the key
 //! because the apiserver takes a request's auditID from its `Audit-ID` header when the
 //! client sends one: keyed on (`auditID`, `stage`) alone, any client could make its own
-//! request vanish from the trail by reusing a recent auditID. Hashing the bytes costs about
-//! 150 ns per 700-byte event (SipHash-1-3; GHASH through ring's AES-GCM measured ~470 ns, as
-//! ring takes associated data block by block). Keys are recorded only after the batch is
-//! durable: a batch refused with 503 must not make its own resend look like a duplicate.
+//! request vanish from the trail by reusing a recent auditID. The bytes are the record's MSG
+//! as stored (after redaction and truncation): a repeat is one that would add a byte-identical
+//! record. Hashing them costs about 150 ns per 700-byte event (SipHash-1-3; GHASH through
+//! ring's AES-GCM measured ~470 ns, as ring takes associated data block by block); with the
+//! chain on, the MSG's SHA-256, which the chain needs anyway, stands in for the MSG, so the
+//! event is hashed once, not twice. Keys are recorded only after the batch is durable: a batch
+//! refused with 503 must not make its own resend look like a duplicate.
 //!
 //! The window is two generations of keys: new keys go into the current one, and when it
 //! holds `max_entries` it becomes the previous one and the one before is forgotten at once.
@@ -88,12 +91,13 @@ impl Dedupe {
         self.max_entries > 0
     }
 
-    /// The key of one event: its `auditID` and `stage` (read from it) and its JSON text as
-    /// received (`item`). Equal only for the same event resent; without the secret keys no
-    /// client can make another event's key.
-    pub fn key(&self, audit_id: &str, stage: &str, item: &str) -> Key {
+    /// The key of one event: its `auditID` and `stage` (read from it) and `bytes`, what the
+    /// relay stores of it (its MSG, or the SHA-256 of its MSG when the chain has one). Equal
+    /// only for the same event resent; without the secret keys no client can make another
+    /// event's key.
+    pub fn key(&self, audit_id: &str, stage: &str, bytes: &[u8]) -> Key {
         let ids = self.hashers.0.hash_one((audit_id, stage));
-        let bytes = self.hashers.1.hash_one(item.as_bytes());
+        let bytes = self.hashers.1.hash_one(bytes);
         (u128::from(ids) << 64) | u128::from(bytes)
     }
 
@@ -145,15 +149,15 @@ mod tests {
     fn bounded_window() {
         let d = Dedupe::new(2);
         let (a, b, c) = (
-            d.key("a", "S", "{}"),
-            d.key("b", "S", "{}"),
-            d.key("c", "S", "{}"),
+            d.key("a", "S", b"{}"),
+            d.key("b", "S", b"{}"),
+            d.key("c", "S", b"{}"),
         );
-        assert_eq!(d.key("a", "S", "{}"), a);
-        assert_ne!(d.key("a", "S", "{}"), d.key("a", "T", "{}"));
+        assert_eq!(d.key("a", "S", b"{}"), a);
+        assert_ne!(d.key("a", "S", b"{}"), d.key("a", "T", b"{}"));
         // The same auditID and stage with other bytes: another event, as when a client
         // chooses its Audit-ID.
-        assert_ne!(d.key("a", "S", "{}"), d.key("a", "S", "{ }"));
+        assert_ne!(d.key("a", "S", b"{}"), d.key("a", "S", b"{ }"));
         d.insert_all(&[a, b]);
         assert!(d.contains(a) && d.contains(b));
         d.insert_all(&[c]);
@@ -167,7 +171,7 @@ mod tests {
     fn the_last_max_entries_are_always_known_and_at_most_twice_as_many() {
         let d = Dedupe::new(100);
         let keys: Vec<Key> = (0..1000)
-            .map(|i| d.key(&i.to_string(), "S", "{}"))
+            .map(|i| d.key(&i.to_string(), "S", b"{}"))
             .collect();
         for (n, &key) in keys.iter().enumerate() {
             d.insert_all(&[key]);

@@ -1,8 +1,8 @@
 //! The ingest step between HTTP and the queue, pure and synchronous: an `EventList` body is
-//! split into its items, repeats of an event (its `auditID`, `stage` and bytes) are dropped,
-//! filter and redaction rules applied, and each remaining event rendered as an RFC 5424
-//! record. No HTTP, no I/O, no clock: the webhook, the benchmark and the fuzz targets all call
-//! [`Pipeline::run`].
+//! split into its items, filter and redaction rules applied, each remaining event rendered as
+//! an RFC 5424 record, and repeats (the same `auditID` and `stage` rendered to the same MSG,
+//! within the batch or stored recently) dropped. No HTTP, no I/O, no clock: the webhook, the
+//! benchmark and the fuzz targets all call [`Pipeline::run`].
 //!
 //! A batch is refused whole (400) when any item is invalid, so a refusal never leaves half a
 //! batch stored. Dedupe keys are recorded only by [`Pipeline::stored`], once the records are
@@ -14,6 +14,7 @@ use crate::audit::{AuditError, EventList, Item};
 use crate::config::Config;
 use crate::dedupe::{Dedupe, Key, KeySet};
 use crate::filter::Policy;
+use crate::integrity::msg_digest;
 use crate::syslog::{Layout, Renderer, TooLarge};
 
 /// What happened to the items of one accepted batch.
@@ -60,6 +61,8 @@ pub struct Pipeline {
     renderer: Renderer,
     dedupe: Dedupe,
     policy: Policy,
+    /// Whether records are chained (`[integrity]`): the pipeline then hashes each MSG.
+    chained: bool,
 }
 
 impl Pipeline {
@@ -69,6 +72,7 @@ impl Pipeline {
             renderer: Renderer::new(&config.syslog, hostname),
             dedupe: Dedupe::new(config.dedupe.max_entries),
             policy: Policy::new(&config.filters, &config.redact),
+            chained: config.integrity.is_some(),
         }
     }
 
@@ -90,60 +94,76 @@ impl Pipeline {
             },
             too_large: Vec::new(),
         };
-        // Off (`dedupe.max_entries = 0`) means no keys at all: hashing every event's bytes is
-        // 7-10% of the relay's CPU, for nothing when no key is kept.
-        let keys: Vec<Key> = if self.dedupe.enabled() {
-            items
-                .iter()
-                .map(|i| self.dedupe.key(&i.view.audit_id, &i.view.stage, i.json))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let seen = self.dedupe.seen(&keys);
-        let mut in_batch = KeySet::with_capacity_and_hasher(keys.len(), Default::default());
+        // Keys are of what is stored, so they are known only once an event is rendered; the
+        // window is then asked once for the whole batch, and repeats are dropped after.
+        let mut rendered = Vec::with_capacity(items.len());
+        let mut in_batch = KeySet::with_capacity_and_hasher(
+            if self.dedupe.enabled() {
+                items.len()
+            } else {
+                0
+            },
+            Default::default(),
+        );
         // Every record of the batch is a slice of one buffer: one allocation per batch, not
         // one per record (and per clone). `scratch` is where each is rendered first.
         let mut records = BytesMut::with_capacity(body.len() + items.len() * 160);
         let mut scratch = Vec::with_capacity(4096);
-        for (i, parsed) in items.iter().enumerate() {
+        for parsed in &items {
             let Item {
                 json: item,
                 compact,
                 view,
             } = parsed;
-            let key = keys.get(i).copied();
-            if let Some(key) = key
-                && (seen.get(i) == Some(&true) || !in_batch.insert(key))
-            {
-                batch.summary.duplicates += 1;
-                continue;
-            }
             if !self.policy.keep(item, view) {
                 batch.summary.filtered += 1;
                 continue;
             }
             let redacted = self.policy.redact(item);
-            batch.summary.redacted += usize::from(redacted.is_some());
             // Redaction rewrites the text, so what the scan knew no longer holds.
             let compact = *compact && redacted.is_none();
-            let item = redacted.as_deref().unwrap_or(item);
-            match self
-                .renderer
-                .render_into(&mut scratch, item, view, compact, received_at)
-            {
-                Ok(written) => {
-                    batch.summary.truncated += usize::from(written.truncated);
-                    records.extend_from_slice(&scratch);
-                    batch.records.push(records.split().freeze());
-                    batch.layouts.push(written.layout);
-                    batch.keys.0.extend(key);
-                }
-                Err(too_large) => {
-                    batch.summary.too_large += 1;
-                    batch.too_large.push(too_large);
-                }
+            let text = redacted.as_deref().unwrap_or(item);
+            let mut written =
+                match self
+                    .renderer
+                    .render_into(&mut scratch, text, view, compact, received_at)
+                {
+                    Ok(written) => written,
+                    Err(too_large) => {
+                        batch.summary.too_large += 1;
+                        batch.too_large.push(too_large);
+                        continue;
+                    }
+                };
+            let msg = scratch.get(written.layout.msg_start..).unwrap_or_default();
+            // One hash of the event for both: the chain links the MSG's SHA-256, and the
+            // dedupe key is made from that digest instead of from the MSG again.
+            if self.chained {
+                written.layout.msg_digest = Some(msg_digest(msg));
             }
+            let key = self.dedupe.enabled().then(|| {
+                let bytes = written.layout.msg_digest.as_ref().map_or(msg, |d| &d[..]);
+                self.dedupe.key(&view.audit_id, &view.stage, bytes)
+            });
+            if key.is_some_and(|k| !in_batch.insert(k)) {
+                batch.summary.duplicates += 1;
+                continue;
+            }
+            records.extend_from_slice(&scratch);
+            rendered.push((records.split().freeze(), written, key, redacted.is_some()));
+        }
+        let keys: Vec<Key> = rendered.iter().filter_map(|r| r.2).collect();
+        let mut seen = self.dedupe.seen(&keys).into_iter();
+        for (record, written, key, redacted) in rendered {
+            if key.is_some() && seen.next() == Some(true) {
+                batch.summary.duplicates += 1;
+                continue;
+            }
+            batch.summary.truncated += usize::from(written.truncated);
+            batch.summary.redacted += usize::from(redacted);
+            batch.records.push(record);
+            batch.layouts.push(written.layout);
+            batch.keys.0.extend(key);
         }
         batch.summary.stored = batch.records.len();
         Ok(batch)
@@ -175,13 +195,15 @@ mod tests {
             "[[filter]]\naction = \"drop\"\nverb = [\"get\"]\n[[redact]]\npointer = \"/requestObject/data\"\n",
         );
         let batch = p.run(BODY, "2026-01-01T00:00:00Z").unwrap();
+        // The repeat of the dropped `get` is dropped by the filter too: it repeats nothing
+        // stored.
         assert_eq!(
             batch.summary,
             BatchSummary {
                 items: 3,
                 stored: 1,
-                duplicates: 1,
-                filtered: 1,
+                duplicates: 0,
+                filtered: 2,
                 redacted: 1,
                 ..BatchSummary::default()
             }
@@ -208,6 +230,51 @@ mod tests {
         p.stored(&again.keys);
         let resend = p.run(BODY, "2026-01-01T00:00:00Z").unwrap();
         assert_eq!((resend.summary.stored, resend.summary.duplicates), (0, 3));
+    }
+
+    #[test]
+    fn repeats_are_of_what_is_stored() {
+        let p = pipeline("[[redact]]\npointer = \"/requestObject/data\"\n");
+        // The same event with other secret data (redacted away), with spaces, and once with
+        // another verb: only the last adds a record that differs.
+        let body = br#"{"items":[{"auditID":"a","stage":"S","requestObject":{"data":"x"}},{"auditID":"a","stage":"S","requestObject":{"data":"y"}},{"auditID":"a", "stage":"S","requestObject":{"data":"z"}},{"auditID":"a","stage":"S","verb":"get"}]}"#;
+        let batch = p.run(body, "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(
+            (
+                batch.summary.stored,
+                batch.summary.duplicates,
+                batch.summary.redacted
+            ),
+            (2, 2, 1)
+        );
+        assert!(batch.records[0].ends_with(br#""requestObject":{"data":"[REDACTED]"}}"#));
+        assert!(batch.records[1].ends_with(br#""verb":"get"}"#));
+        p.stored(&batch.keys);
+        let resend = p.run(body, "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!((resend.summary.stored, resend.summary.duplicates), (0, 4));
+    }
+
+    #[test]
+    fn with_the_chain_each_msg_is_hashed_once_for_the_chain_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _, _) = crate::integrity::keys::generate(dir.path()).unwrap();
+        let chained = pipeline(&format!(
+            "[syslog]\nenterprise_id = 32473\nbom = true\n[integrity]\nsigning_key = {:?}\n",
+            key.display().to_string()
+        ));
+        let batch = chained.run(BODY, "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!((batch.summary.stored, batch.summary.duplicates), (2, 1));
+        for (record, layout) in batch.records.iter().zip(&batch.layouts) {
+            let msg = &record[layout.msg_start..];
+            assert!(msg.starts_with(b"\xEF\xBB\xBF{"));
+            assert_eq!(layout.msg_digest, Some(msg_digest(msg)));
+        }
+        chained.stored(&batch.keys);
+        let resend = chained.run(BODY, "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!((resend.summary.stored, resend.summary.duplicates), (0, 3));
+        // Without the chain there is no digest to share.
+        let batch = pipeline("").run(BODY, "2026-01-01T00:00:00Z").unwrap();
+        assert!(batch.layouts.iter().all(|l| l.msg_digest.is_none()));
     }
 
     #[test]

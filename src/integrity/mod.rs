@@ -106,23 +106,26 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 pub fn prework_of(record: &[u8], layout: Option<&Layout>) -> Prework {
     let parts = match layout {
         Some(l) if l.sd.end < l.msg_start && l.msg_start <= record.len() => {
-            Some((l.sd.clone(), l.msg_start))
+            Some((l.sd.clone(), l.msg_start, l.msg_digest))
         }
-        _ => fields(record).map(|f| (f.sd, f.msg_start)),
+        _ => fields(record).map(|f| (f.sd, f.msg_start, None)),
     };
     match parts {
-        Some((sd, msg_start)) => {
-            let msg = record.get(msg_start..).unwrap_or_default();
-            Prework {
-                digest: sha256(&[msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg)]),
-                span: sd,
-            }
-        }
+        Some((sd, msg_start, known)) => Prework {
+            digest: known
+                .unwrap_or_else(|| msg_digest(record.get(msg_start..).unwrap_or_default())),
+            span: sd,
+        },
         None => Prework {
             digest: sha256(&[record]),
             span: 0..0,
         },
     }
+}
+
+/// SHA-256 of a MSG as the chain links it: without a BOM.
+pub fn msg_digest(msg: &[u8]) -> [u8; 32] {
+    sha256(&[msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg)])
 }
 
 /// Lower-case hex.
@@ -602,10 +605,19 @@ mod tests {
             "/tests/data/real-apiserver-v1.20.2-metadata-051.json"
         ))
         .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _, _) = keys::generate(dir.path()).unwrap();
+        // With [integrity] the pipeline puts the MSG's digest in the layout.
+        let chained = format!(
+            "[integrity]\nsigning_key = {:?}\n",
+            key.display().to_string()
+        );
         for syslog in [
-            "",
-            "enterprise_id = 32473\n",
-            "enterprise_id = 32473\nbom = true\n",
+            String::new(),
+            "enterprise_id = 32473\n".into(),
+            "enterprise_id = 32473\nbom = true\n".into(),
+            format!("enterprise_id = 32473\n{chained}"),
+            format!("enterprise_id = 32473\nbom = true\n{chained}"),
         ] {
             let config = Config::parse(
                 &format!("[syslog]\n{syslog}"),
@@ -618,6 +630,7 @@ mod tests {
             assert!(batch.records.len() > 10);
             assert_eq!(batch.layouts.len(), batch.records.len());
             for (record, layout) in batch.records.iter().zip(&batch.layouts) {
+                assert_eq!(layout.msg_digest.is_some(), syslog.contains("[integrity]"));
                 let parsed = prework_of(record, None);
                 assert_eq!(prework_of(record, Some(layout)), parsed);
                 let f = fields(record).unwrap();
@@ -633,6 +646,7 @@ mod tests {
         let wild = Layout {
             sd: 40..41,
             msg_start: 50,
+            msg_digest: Some([7; 32]),
         };
         assert_eq!(prework_of(record, Some(&wild)), prework_of(record, None));
     }

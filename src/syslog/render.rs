@@ -42,6 +42,9 @@ pub struct Layout {
     pub sd: std::ops::Range<usize>,
     /// Where MSG starts (after the space that follows the SD; a BOM is part of MSG).
     pub msg_start: usize,
+    /// SHA-256 of MSG without its BOM, when the maker of the layout already has it: the
+    /// pipeline hashes MSG once for its dedupe key and the chain, rather than each on its own.
+    pub msg_digest: Option<[u8; 32]>,
 }
 
 /// What [`Renderer::render_into`] wrote.
@@ -123,6 +126,7 @@ impl Renderer {
         let layout = Layout {
             msg_start: sd.end + 1,
             sd,
+            msg_digest: None,
         };
         let header_len = message.len();
         audit::write_event_line(message, item, view, compact);
