@@ -15,7 +15,15 @@ use crate::config::Config;
 use crate::dedupe::{Dedupe, Key, KeySet};
 use crate::filter::Policy;
 use crate::integrity::msg_digest;
-use crate::syslog::{Layout, Renderer, TooLarge};
+use crate::syslog::{Layout, Renderer, TooLarge, Written};
+
+/// An event rendered and not repeated within its batch, waiting for the window's answer.
+struct Candidate {
+    record: Bytes,
+    written: Written,
+    key: Option<Key>,
+    redacted: bool,
+}
 
 /// What happened to the items of one accepted batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -150,20 +158,25 @@ impl Pipeline {
                 continue;
             }
             records.extend_from_slice(&scratch);
-            rendered.push((records.split().freeze(), written, key, redacted.is_some()));
+            rendered.push(Candidate {
+                record: records.split().freeze(),
+                written,
+                key,
+                redacted: redacted.is_some(),
+            });
         }
-        let keys: Vec<Key> = rendered.iter().filter_map(|r| r.2).collect();
+        let keys: Vec<Key> = rendered.iter().filter_map(|r| r.key).collect();
         let mut seen = self.dedupe.seen(&keys).into_iter();
-        for (record, written, key, redacted) in rendered {
-            if key.is_some() && seen.next() == Some(true) {
+        for r in rendered {
+            if r.key.is_some() && seen.next() == Some(true) {
                 batch.summary.duplicates += 1;
                 continue;
             }
-            batch.summary.truncated += usize::from(written.truncated);
-            batch.summary.redacted += usize::from(redacted);
-            batch.records.push(record);
-            batch.layouts.push(written.layout);
-            batch.keys.0.extend(key);
+            batch.summary.truncated += usize::from(r.written.truncated);
+            batch.summary.redacted += usize::from(r.redacted);
+            batch.records.push(r.record);
+            batch.layouts.push(r.written.layout);
+            batch.keys.0.extend(r.key);
         }
         batch.summary.stored = batch.records.len();
         Ok(batch)
