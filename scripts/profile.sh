@@ -9,8 +9,8 @@
 # Usage: scripts/profile.sh [flame] [allocs] [syscalls] [instructions]
 #   (default: flame allocs syscalls)
 # Environment: QUEUE=disk|memory (default disk), EVENTS, SECONDS_UNDER_PERF (default 10),
-# RELAY_BIN (another build of the relay, to compare), INTEGRITY=pen|chain (pen: only
-# syslog.enterprise_id; chain: also [integrity], the hash chain and signed checkpoints; compare
+# RELAY_BIN (another build of the relay, to compare), INTEGRITY=pen|seq|chain (pen: only
+# syslog.enterprise_id; seq: that and syslog.sequence_id; chain: also [integrity], the hash chain and signed checkpoints; compare
 # the two to see what the chain costs), CALLGRIND_OUT (keep callgrind's file there, for
 # callgrind_annotate), PERF_DATA (keep perf's file there, for perf report), FLAME_SVG (where
 # the flame graph goes instead of docs/flamegraph-s1.svg), DHAT_OUT (keep DHAT's file there),
@@ -73,6 +73,7 @@ server_name = "localhost"
 EOF
   case "${INTEGRITY:-}" in
     pen|chain) sed -i 's/^\[syslog\]$/[syslog]\nenterprise_id = 32473/' "$work/relay.toml" ;;
+    seq) sed -i 's/^\[syslog\]$/[syslog]\nenterprise_id = 32473\nsequence_id = true/' "$work/relay.toml" ;;
   esac
   if [ "${INTEGRITY:-}" = chain ]; then
     [ -f "$work/keys/signing.key" ] || "$relay_bin" gen-signing-key "$work/keys" > /dev/null
