@@ -14,7 +14,8 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
-use crate::queue::{Prework, Stamp};
+use crate::queue::{Prework, PreworkFn, Stamp};
+use crate::syslog::Layout;
 use crate::syslog::convert::fields;
 
 /// The largest sequenceId (RFC 5424: 2^31 - 1); the next one is 1.
@@ -91,23 +92,41 @@ impl Default for SequenceIds {
     }
 }
 
+/// [`SequenceIds`]' prework: where the record's SD is, from the renderer's layout when it
+/// fits, so that the queue's writer, which every append waits for, does not parse records.
+fn sd_of(record: &[u8], layout: Option<&Layout>) -> Prework {
+    Prework {
+        digest: None,
+        span: Layout::of(record, layout).map_or(0..0, |l| l.sd),
+    }
+}
+
 impl SequenceIds {
-    fn one(&mut self, seq: u64, record: &[u8]) -> Bytes {
+    fn one(&mut self, seq: u64, record: &[u8], prework: Option<&Prework>) -> Bytes {
         let id = sequence_id(seq);
         let uptime =
             std::mem::take(&mut self.first).then(|| self.started.elapsed().as_millis() / 10);
-        // The records are the relay's own RFC 5424 records, so this always finds the SD.
-        let Some(f) = fields(record) else {
-            return Bytes::copy_from_slice(record);
+        let sd = match prework {
+            // An SD is never empty (`-` at least): an empty span is one not found.
+            Some(p) if !p.span.is_empty() && record.get(p.span.clone()).is_some() => p.span.clone(),
+            // The records are the relay's own RFC 5424 records, so this always finds the SD.
+            _ => match fields(record) {
+                Some(f) => f.sd,
+                None => return Bytes::copy_from_slice(record),
+            },
         };
         self.arena
-            .insert(record, f.sd, META_MAX, |out| push_meta(out, id, uptime))
+            .insert(record, sd, META_MAX, |out| push_meta(out, id, uptime))
     }
 }
 
 impl Stamp for SequenceIds {
-    fn stamp(&mut self, seq: u64, record: &[u8], _: Option<&Prework>, out: &mut Vec<Bytes>) {
-        out.push(self.one(seq, record));
+    fn prework(&self) -> Option<PreworkFn> {
+        Some(sd_of)
+    }
+
+    fn stamp(&mut self, seq: u64, record: &[u8], prework: Option<&Prework>, out: &mut Vec<Bytes>) {
+        out.push(self.one(seq, record, prework));
     }
 
     fn save(&self) -> Vec<u8> {
@@ -157,20 +176,108 @@ mod tests {
         assert_eq!(sequence_id(MAX_SEQUENCE_ID - 1), MAX_SEQUENCE_ID);
         assert_eq!(sequence_id(MAX_SEQUENCE_ID), 1);
         let mut s = SequenceIds::default();
-        let first = s.one(0, b"<110>1 - h a - S - {}");
+        let first = s.one(0, b"<110>1 - h a - S - {}", None);
         assert!(
             first.starts_with(b"<110>1 - h a - S [meta sequenceId=\"1\" sysUpTime=\""),
             "{}",
             String::from_utf8_lossy(&first)
         );
         let saved = s.save();
-        let second = s.one(41, b"<110>1 - h a - S [k8saudit@32473 auditID=\"x\"] {}");
+        let second = s.one(
+            41,
+            b"<110>1 - h a - S [k8saudit@32473 auditID=\"x\"] {}",
+            None,
+        );
         assert_eq!(
             &second[..],
             b"<110>1 - h a - S [meta sequenceId=\"42\"][k8saudit@32473 auditID=\"x\"] {}"
         );
         s.restore(&saved);
-        let again = s.one(41, b"<110>1 - h a - S - {}");
+        let again = s.one(41, b"<110>1 - h a - S - {}", None);
         assert_eq!(&again[..], b"<110>1 - h a - S [meta sequenceId=\"42\"] {}");
+    }
+
+    #[test]
+    fn the_renderers_layout_stamps_as_parsing_does() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/real-apiserver-v1.20.2-metadata-051.json"
+        ))
+        .unwrap();
+        for syslog in [
+            "sequence_id = true\n",
+            "sequence_id = true\nenterprise_id = 32473\nbom = true\n",
+        ] {
+            let config = crate::config::Config::parse(
+                &format!("[syslog]\n{syslog}"),
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap();
+            let batch = crate::pipeline::Pipeline::new(&config, "h")
+                .run(&body, "2000-01-01T00:00:00Z")
+                .unwrap();
+            assert!(batch.records.len() > 10);
+            assert_eq!(batch.layouts.len(), batch.records.len());
+            // sysUpTime is a clock reading; both start past it.
+            let mut with = SequenceIds {
+                first: false,
+                ..SequenceIds::default()
+            };
+            let mut without = SequenceIds {
+                first: false,
+                ..SequenceIds::default()
+            };
+            for (i, (record, layout)) in batch.records.iter().zip(&batch.layouts).enumerate() {
+                let prework = sd_of(record, Some(layout));
+                assert_eq!(prework.span, layout.sd);
+                assert_eq!(prework, sd_of(record, None));
+                let seq = i as u64 * 1_000;
+                assert_eq!(
+                    with.one(seq, record, Some(&prework)),
+                    without.one(seq, record, None)
+                );
+            }
+        }
+        // A layout that does not fit the record is not trusted.
+        let record = b"<13>1 - h a - m - {}";
+        let wild = Layout {
+            sd: 40..41,
+            msg_start: 50,
+            msg_digest: None,
+        };
+        assert_eq!(sd_of(record, Some(&wild)).span, 16..17);
+        // One that fits is taken as it is: the record is not parsed.
+        let fitting = Layout {
+            sd: 17..18,
+            msg_start: 19,
+            msg_digest: None,
+        };
+        assert_eq!(sd_of(record, Some(&fitting)).span, 17..18);
+        let mut s = SequenceIds {
+            first: false,
+            ..SequenceIds::default()
+        };
+        // The writer takes the span it is given, without parsing...
+        let given = Prework {
+            digest: None,
+            span: 18..20,
+        };
+        assert_eq!(
+            &s.one(0, record, Some(&given))[..],
+            b"<13>1 - h a - m - [meta sequenceId=\"1\"]{}"
+        );
+        // ...unless it does not fit, or none was found: then it parses.
+        let outside = Prework {
+            digest: None,
+            span: 18..40,
+        };
+        assert_eq!(
+            &s.one(0, record, Some(&outside))[..],
+            b"<13>1 - h a - m [meta sequenceId=\"1\"] {}"
+        );
+        let not_rfc5424 = b"plain text";
+        let none = sd_of(not_rfc5424, None);
+        assert!(none.span.is_empty());
+        assert_eq!(&s.one(0, not_rfc5424, Some(&none))[..], not_rfc5424);
     }
 }

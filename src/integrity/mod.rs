@@ -104,22 +104,23 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 /// rendered are; without it the record is parsed. A record that is not RFC 5424 (never one
 /// of the relay's own) is chained whole, its elements in front.
 pub fn prework_of(record: &[u8], layout: Option<&Layout>) -> Prework {
-    let parts = match layout {
-        Some(l) if l.sd.end < l.msg_start && l.msg_start <= record.len() => {
-            Some((l.sd.clone(), l.msg_start, l.msg_digest))
+    let (span, digest) = chain_parts(record, layout);
+    Prework {
+        digest: Some(digest),
+        span,
+    }
+}
+
+/// [`prework_of`]'s SD span and digest.
+fn chain_parts(record: &[u8], layout: Option<&Layout>) -> (std::ops::Range<usize>, [u8; 32]) {
+    match Layout::of(record, layout) {
+        Some(l) => {
+            let digest = l
+                .msg_digest
+                .unwrap_or_else(|| msg_digest(record.get(l.msg_start..).unwrap_or_default()));
+            (l.sd, digest)
         }
-        _ => fields(record).map(|f| (f.sd, f.msg_start, None)),
-    };
-    match parts {
-        Some((sd, msg_start, known)) => Prework {
-            digest: known
-                .unwrap_or_else(|| msg_digest(record.get(msg_start..).unwrap_or_default())),
-            span: sd,
-        },
-        None => Prework {
-            digest: sha256(&[record]),
-            span: 0..0,
-        },
+        None => (0..0, sha256(&[record])),
     }
 }
 
@@ -370,16 +371,14 @@ impl ChainStamp {
     /// elements go first in its SD.
     fn chain(&mut self, seq: u64, record: &[u8], prework: Option<&Prework>) -> Bytes {
         let n = sequence_id(seq);
-        let computed;
-        let prework = match prework {
-            Some(p) if record.get(p.span.clone()).is_some() => p,
-            _ => {
-                computed = prework_of(record, None);
-                &computed
-            }
+        let (sd, digest) = match prework {
+            Some(Prework {
+                digest: Some(digest),
+                span,
+            }) if record.get(span.clone()).is_some() => (span.clone(), *digest),
+            _ => chain_parts(record, None),
         };
-        let sd = prework.span.clone();
-        let h = link(&self.state.head, n, &prework.digest);
+        let h = link(&self.state.head, n, &digest);
         self.state.head = h;
         self.state.last = Some(n);
         let uptime =
@@ -636,7 +635,7 @@ mod tests {
                 let f = fields(record).unwrap();
                 let msg = &record[f.msg_start..];
                 assert_eq!(
-                    parsed.digest,
+                    parsed.digest.unwrap(),
                     sha256(&[msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg)])
                 );
             }

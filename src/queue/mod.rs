@@ -76,9 +76,9 @@ pub type Stamper = Box<dyn Stamp>;
 /// What [`Stamp::prework`] found in one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prework {
-    /// A digest of (part of) the record.
-    pub digest: [u8; 32],
-    /// Where in the record the stamper writes (for the chain: the SD field).
+    /// A digest of (part of) the record, for a stamper that links records (the chain).
+    pub digest: Option<[u8; 32]>,
+    /// Where in the record the stamper writes (the SD field); empty when it found none.
     pub span: std::ops::Range<usize>,
 }
 

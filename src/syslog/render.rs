@@ -47,6 +47,22 @@ pub struct Layout {
     pub msg_digest: Option<[u8; 32]>,
 }
 
+impl Layout {
+    /// Where `record`'s parts are: `layout` when it fits the record (the renderer's, handed
+    /// along with it), else what parsing the record finds, without a digest; `None` when
+    /// `record` is not RFC 5424. A layout that does not fit is not trusted, whoever made it.
+    pub fn of(record: &[u8], layout: Option<&Layout>) -> Option<Layout> {
+        match layout {
+            Some(l) if l.sd.end < l.msg_start && l.msg_start <= record.len() => Some(l.clone()),
+            _ => crate::syslog::convert::fields(record).map(|f| Layout {
+                sd: f.sd,
+                msg_start: f.msg_start,
+                msg_digest: None,
+            }),
+        }
+    }
+}
+
 /// What [`Renderer::render_into`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
