@@ -189,6 +189,29 @@ impl Pipeline {
     }
 }
 
+/// The real corpus batch (`tests/data/real-apiserver-v1.20.2-metadata-051.json`) through a
+/// pipeline with `[syslog]` set to `syslog` (and what follows it), for the tests of the
+/// stampers that take the renderer's layouts.
+#[cfg(test)]
+pub(crate) fn render_corpus(syslog: &str) -> Batch {
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/real-apiserver-v1.20.2-metadata-051.json"
+    ))
+    .unwrap();
+    let config = Config::parse(
+        &format!("[syslog]\n{syslog}"),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let batch = Pipeline::new(&config, "h")
+        .run(&body, "2000-01-01T00:00:00Z")
+        .unwrap();
+    assert!(batch.records.len() > 10);
+    assert_eq!(batch.layouts.len(), batch.records.len());
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

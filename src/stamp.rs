@@ -199,34 +199,17 @@ mod tests {
 
     #[test]
     fn the_renderers_layout_stamps_as_parsing_does() {
-        let body = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/real-apiserver-v1.20.2-metadata-051.json"
-        ))
-        .unwrap();
+        // sysUpTime is a clock reading; every stamper here starts past it.
+        let past_first = || SequenceIds {
+            first: false,
+            ..SequenceIds::default()
+        };
         for syslog in [
             "sequence_id = true\n",
             "sequence_id = true\nenterprise_id = 32473\nbom = true\n",
         ] {
-            let config = crate::config::Config::parse(
-                &format!("[syslog]\n{syslog}"),
-                std::path::Path::new("t.toml"),
-            )
-            .unwrap();
-            let batch = crate::pipeline::Pipeline::new(&config, "h")
-                .run(&body, "2000-01-01T00:00:00Z")
-                .unwrap();
-            assert!(batch.records.len() > 10);
-            assert_eq!(batch.layouts.len(), batch.records.len());
-            // sysUpTime is a clock reading; both start past it.
-            let mut with = SequenceIds {
-                first: false,
-                ..SequenceIds::default()
-            };
-            let mut without = SequenceIds {
-                first: false,
-                ..SequenceIds::default()
-            };
+            let batch = crate::pipeline::render_corpus(syslog);
+            let (mut with, mut without) = (past_first(), past_first());
             for (i, (record, layout)) in batch.records.iter().zip(&batch.layouts).enumerate() {
                 let prework = sd_of(record, Some(layout));
                 assert_eq!(prework.span, layout.sd);
@@ -253,10 +236,7 @@ mod tests {
             msg_digest: None,
         };
         assert_eq!(sd_of(record, Some(&fitting)).span, 17..18);
-        let mut s = SequenceIds {
-            first: false,
-            ..SequenceIds::default()
-        };
+        let mut s = past_first();
         // The writer takes the span it is given, without parsing...
         let given = Prework {
             digest: None,
